@@ -1,0 +1,106 @@
+"""Where data comes from: embedded mini sources (digits, Gaussian mixtures), random tensors of a given shape
+(smoke tests of paper-scale configs) and HuggingFace hub datasets (paper scale)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import UserError
+
+
+@dataclass
+class ArrayData:
+    """Train and test arrays of one source; labels are clean class indices."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> ArrayData:
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    return ArrayData(x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64), int(y.max()) + 1)
+
+
+def load_digits(*, test_fraction: float = 0.3, split_seed: int = 0, as_image: bool = True) -> ArrayData:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), pixels scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    if as_image:
+        x = x.reshape(-1, 1, 8, 8)
+    return _stratified_split(x, bunch.target, test_fraction, split_seed)
+
+
+def make_gaussian_mixture(
+    *,
+    num_classes: int = 10,
+    num_features: int = 20,
+    num_samples: int = 2000,
+    class_sep: float = 1.0,
+    test_fraction: float = 0.3,
+    split_seed: int = 0,
+) -> ArrayData:
+    """Gaussian clusters per class (scikit-learn's make_classification), standardised."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=num_samples,
+        n_features=num_features,
+        n_informative=num_features,
+        n_redundant=0,
+        n_classes=num_classes,
+        n_clusters_per_class=1,
+        class_sep=class_sep,
+        random_state=split_seed,
+    )
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    return _stratified_split(x, y, test_fraction, split_seed)
+
+
+def make_random(
+    *, input_shape: list[int], num_classes: int, num_samples: int = 64, split_seed: int = 0
+) -> ArrayData:
+    """Random inputs of a paper's shapes with random labels: for one-step smoke tests, never for results."""
+    rng = np.random.default_rng(split_seed)
+    n_test = max(num_samples // 4, 1)
+    x = rng.standard_normal((num_samples + n_test, *input_shape)).astype(np.float32)
+    y = rng.integers(0, num_classes, num_samples + n_test)
+    y[:num_classes] = np.arange(min(num_classes, len(y)))
+    return ArrayData(x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:], num_classes)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets"))
+
+
+def load_hub_dataset(hub_id: str, *, cache_dir: str | None = None, **kwargs: Any) -> Any:
+    """`datasets.load_dataset(hub_id)`; when it is neither cached nor reachable, one error naming the dataset,
+    the cache directory and the command that fetches it."""
+    import datasets
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    try:
+        return datasets.load_dataset(hub_id, cache_dir=str(cache), **kwargs)
+    except Exception as err:  # datasets raises several types (ConnectionError, FileNotFoundError, ...)
+        raise UserError(
+            f"dataset {hub_id!r} is not in the cache at {cache} and the HuggingFace hub could not be reached "
+            f"({type(err).__name__}). On a machine with network run:\n"
+            f"  python -c \"import datasets; datasets.load_dataset('{hub_id}', cache_dir='{cache}')\"\n"
+            f"then copy that cache here, or point to an existing copy with data.cache_dir=<dir> "
+            f"(or HF_DATASETS_CACHE)."
+        ) from err

@@ -1,0 +1,32 @@
+"""Methods that are more than one `Trainer.fit` (cross-validated probabilities, prune, retrain) subclass
+`Pipeline`; the runner hands them a `RunContext` that builds modules and trainers from the run's config."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig
+
+
+@dataclass
+class RunContext:
+    """What a pipeline may use: the resolved config, the data, and factories bound to the run's config."""
+
+    cfg: DictConfig
+    datamodule: Any
+    make_module: Callable[..., L.LightningModule]
+    make_trainer: Callable[..., L.Trainer]
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline(ABC):
+    """A registered method whose run is a sequence of steps; `run` returns the metrics of the record."""
+
+    @abstractmethod
+    def run(self, context: RunContext) -> dict[str, float]:
+        """Execute the method and return its metrics (percentages for accuracies)."""

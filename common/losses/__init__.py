@@ -1,0 +1,1 @@
+"""Losses shared by several papers (each registered by name)."""

@@ -1,0 +1,88 @@
+"""Name -> class registry for methods, data modules and losses.
+
+Papers register their classes with the decorators below; configs refer to them by name. Discovery imports
+every subpackage of `papers` (and `common`'s own registering modules) on first lookup, so common never
+imports a paper by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from common.errors import UserError
+
+T = TypeVar("T")
+
+KINDS = ("method", "datamodule", "loss")
+_REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+_discovered = False
+
+# Modules of common/ that register built-in entries.
+_BUILTIN_MODULES = ("common.data.datamodule", "common.lit.classification", "common.losses")
+
+
+def register(kind: str, name: str) -> Callable[[T], T]:
+    """Decorator: register a class or function under `name` for `kind` ("method", "datamodule", "loss")."""
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown registry kind {kind!r}; use one of {KINDS}")
+
+    def decorator(obj: T) -> T:
+        existing = _REGISTRY[kind].get(name)
+        if existing is not None and existing is not obj:
+            raise ValueError(
+                f"{kind} {name!r} is registered twice "
+                f"({_qualname(existing)} and {_qualname(obj)}); rename one"
+            )
+        _REGISTRY[kind][name] = obj
+        return obj
+
+    return decorator
+
+
+def register_method(name: str) -> Callable[[T], T]:
+    return register("method", name)
+
+
+def register_datamodule(name: str) -> Callable[[T], T]:
+    return register("datamodule", name)
+
+
+def register_loss(name: str) -> Callable[[T], T]:
+    return register("loss", name)
+
+
+def discover() -> None:
+    """Import common's registering modules and every `papers.<key>` package (each registers on import)."""
+    global _discovered
+    if _discovered:
+        return
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    import papers
+
+    for info in pkgutil.iter_modules(papers.__path__, prefix="papers."):
+        if info.ispkg:
+            importlib.import_module(info.name)
+    _discovered = True
+
+
+def lookup(kind: str, name: str) -> Any:
+    """The object registered as `name`; a UserError listing the known names otherwise."""
+    discover()
+    try:
+        return _REGISTRY[kind][name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY[kind])) or "(none)"
+        raise UserError(f"unknown {kind} {name!r}; registered {kind}s: {known}") from None
+
+
+def available(kind: str) -> list[str]:
+    discover()
+    return sorted(_REGISTRY[kind])
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"

@@ -1,0 +1,376 @@
+"""`make reproduce PAPER=<key>`: run every table of a paper and compare it with the paper.
+
+Expands each table into cells x seeds, skips runs whose complete record has the same config hash, launches
+the rest as one Hydra multirun (local, submitit_local or slurm launcher), then writes
+`results/<key>/<scale>/`: per table `.md`, `.csv` and `.png`, `claims.md` and `manifest.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, ListConfig
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from common.config import REPO_ROOT, compose_run_config, register_resolvers
+from common.errors import UserError
+from common.results.aggregate import TableResult, to_markdown, write_csv
+from common.results.claims import FAILED, HELD, ClaimResult, claims_markdown, evaluate_claim
+from common.results.paper_spec import PaperSpec, TableSpec, load_paper
+from common.results.record import RunRecord, config_hash, git_state, now, read_record
+
+console = Console(highlight=False)
+LAUNCHERS = ("local", "submitit_local", "slurm")
+
+
+@dataclass
+class PlannedRun:
+    table: str
+    row: str
+    column: str
+    seed: int
+    overrides: list[str]
+    run_dir: Path
+    config_hash: str
+    record: RunRecord | None = field(default=None, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return (
+            self.record is not None and self.record.complete and self.record.config_hash == self.config_hash
+        )
+
+    def refresh(self) -> None:
+        record = read_record(self.run_dir)
+        self.record = record if record is not None and record.config_hash == self.config_hash else None
+
+
+def parse_seeds(seeds: Any) -> list[int]:
+    """A count n means seeds 0..n-1; a list (or "1,5,7") is used as given."""
+    if isinstance(seeds, ListConfig | list | tuple):
+        values = [int(s) for s in seeds]
+    elif isinstance(seeds, str) and "," in seeds:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    else:
+        count = int(seeds)
+        if count < 1:
+            raise UserError(f"seeds must be a positive count or a list of seeds, got {seeds!r}")
+        values = list(range(count))
+    if len(set(values)) != len(values):
+        raise UserError(f"seeds must be distinct, got {values}")
+    return values
+
+
+def override_value(value: Any) -> str:
+    """A Python value as a Hydra override value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if text and all(ch.isalnum() or ch in "_-./" for ch in text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def run_overrides(
+    paper: PaperSpec, table: TableSpec, row: str, column: str, seed: int, scale: str
+) -> list[str]:
+    overrides = [f"experiment={table.experiment}", f"scale={scale}", f"seed={seed}"]
+    overrides += [f"cell.row={override_value(row)}", f"cell.column={override_value(column)}"]
+    overrides += [f"{k}={override_value(v)}" for k, v in table.cell_overrides_for(row, column, scale).items()]
+    return overrides
+
+
+def plan(
+    paper: PaperSpec,
+    tables: list[TableSpec],
+    scale: str,
+    seeds: list[int],
+    common: list[str],
+    rows: list[str] | None = None,
+    columns: list[str] | None = None,
+) -> list[PlannedRun]:
+    """Every (cell, seed) of the tables, with its composed config hash and any existing matching record."""
+    planned = []
+    for table in tables:
+        for label, chosen, known in (("row", rows, table.rows), ("column", columns, table.columns)):
+            unknown = sorted(set(chosen or []) - set(known))
+            if unknown:
+                raise UserError(f"table {table.id} has no {label} {unknown}; its {label}s: {list(known)}")
+        for row, column in table.cells():
+            if (rows and row not in rows) or (columns and column not in columns):
+                continue
+            for seed in seeds:
+                overrides = run_overrides(paper, table, row, column, seed, scale) + common
+                try:
+                    cfg = compose_run_config(overrides)
+                    run_dir = Path(cfg.runtime.run_dir)
+                    chash = config_hash(cfg)
+                except (HydraException, OmegaConfBaseException) as err:
+                    raise UserError(
+                        f"table {table.id}, cell ({row}, {column}): the config does not compose: {err}\n"
+                        f"overrides: {' '.join(overrides)}"
+                    ) from err
+                run = PlannedRun(table.id, row, column, seed, overrides, run_dir, chash)
+                run.refresh()
+                planned.append(run)
+    return planned
+
+
+def launch(
+    pending: list[PlannedRun], *, launcher: str, log_path: Path, hydra_args: list[str], sweep_dir: Path
+) -> int:
+    """Run `pending` as one Hydra multirun in a child process, with a progress bar over runs."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    runs_file = log_path.with_suffix(".runs.json")
+    runs_file.write_text(json.dumps([run.overrides for run in pending], indent=1))
+    command = [
+        sys.executable,
+        "-m",
+        "common.run",
+        "--multirun",
+        "hydra/sweeper=run_list",
+        f"hydra.sweeper.runs_file={runs_file}",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *hydra_args,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with log_path.open("w") as log, Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"runs ({launcher})", total=len(pending))
+        child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            while child.poll() is None:
+                time.sleep(0.5)
+                progress.update(task, completed=_count_finished(pending))
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            raise
+        progress.update(task, completed=_count_finished(pending))
+    return child.returncode
+
+
+def _count_finished(runs: list[PlannedRun]) -> int:
+    finished = 0
+    for run in runs:
+        record = read_record(run.run_dir)
+        finished += record is not None and record.config_hash == run.config_hash
+    return finished
+
+
+def write_results(
+    paper: PaperSpec,
+    tables: list[TableSpec],
+    runs: list[PlannedRun],
+    scale: str,
+    seeds: list[int],
+    results_dir: Path,
+    min_seeds: int,
+) -> tuple[list[TableResult], list[ClaimResult]]:
+    from common.results.plots import plot_table
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    table_results, claim_results = [], []
+    for table in tables:
+        records = [run.record for run in runs if run.table == table.id and run.record is not None]
+        result = TableResult(table, scale, records)
+        table_results.append(result)
+        (results_dir / f"{table.id}.md").write_text(to_markdown(result))
+        write_csv(result, results_dir / f"{table.id}.csv")
+        plot_table(result, results_dir / f"{table.id}.png")
+        claim_results += [evaluate_claim(c, result, min_seeds) for c in table.claims if c.scale == scale]
+    (results_dir / "claims.md").write_text(claims_markdown(paper.title, scale, claim_results))
+    sha, dirty = git_state()
+    manifest = {
+        "paper": paper.key,
+        "scale": scale,
+        "seeds": seeds,
+        "generated_at": now(),
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "runs": [
+            {
+                "table": r.table,
+                "row": r.row,
+                "column": r.column,
+                "seed": r.seed,
+                "config_hash": r.config_hash,
+                "overrides": r.overrides,
+                "status": r.record.status if r.record else "missing",
+                "wall_time_s": r.record.wall_time_s if r.record else None,
+            }
+            for r in runs
+        ],
+    }
+    (results_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return table_results, claim_results
+
+
+def print_results(tables: list[TableResult], claims: list[ClaimResult]) -> None:
+    for result in tables:
+        spec = result.spec
+        table = Table(
+            title=f"{spec.id}: {spec.title} [{result.scale}] — {spec.metric_label}", title_justify="left"
+        )
+        table.add_column("")
+        for column in spec.columns:
+            table.add_column(column, justify="right")
+        for row in spec.rows:
+            cells = []
+            for column in spec.columns:
+                text = result.stats(row, column).text()
+                reported = spec.reported_for(row, column)
+                if reported is not None:
+                    text += f"\n[dim]paper {reported.value:g}[/dim]"
+                if result.failed(row, column):
+                    text += "\n[red]failed[/red]"
+                cells.append(text)
+            table.add_row(row, *cells)
+        console.print(table)
+    if claims:
+        table = Table(title="claims", title_justify="left")
+        for name in ("claim", "status", "measured"):
+            table.add_column(name, overflow="fold")
+        style = {HELD: "green", FAILED: "red"}
+        for item in claims:
+            status = f"[{style.get(item.status, 'yellow')}]{item.status}[/]"
+            table.add_row(item.claim.text, status, item.detail)
+        console.print(table)
+
+
+def paper_key(cfg: DictConfig) -> str:
+    """The chosen paper: the name of the `paper` config group option."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices["paper"])
+    return str(cfg.paper.key)
+
+
+def reproduce(cfg: DictConfig) -> int:
+    if cfg.scale not in ("mini", "paper"):
+        raise UserError(f"scale must be mini or paper, got {cfg.scale!r}")
+    if cfg.launcher not in LAUNCHERS:
+        raise UserError(f"launcher must be one of {LAUNCHERS}, got {cfg.launcher!r}")
+    paper = load_paper(paper_key(cfg))
+    all_tables = paper.tables_at(cfg.scale)
+    selected = paper.tables_at(cfg.scale, cfg.table)
+    seeds = parse_seeds(cfg.seeds)
+    output_root = Path(cfg.output_root).resolve()
+    logger = cfg.logger or ("csv" if cfg.scale == "mini" else "wandb")
+    common = [
+        f"runtime.output_root={output_root}",
+        f"logger={logger}",
+        "runtime.progress=false",
+        *(["runtime.force=true"] if cfg.force else []),
+        *[str(o) for o in cfg.overrides],
+    ]
+    rows = list(cfg.rows) if cfg.rows else None
+    columns = list(cfg.columns) if cfg.columns else None
+    console.rule(f"[bold]{paper.key}[/bold]: {paper.title}")
+    started = time.perf_counter()
+    runs = plan(paper, all_tables, cfg.scale, seeds, common, rows, columns)
+    chosen = {t.id for t in selected}
+    to_run = [r for r in runs if r.table in chosen and (cfg.force or not r.done)]
+    console.print(
+        f"{len(runs)} runs in {len(all_tables)} table(s) at scale [bold]{cfg.scale}[/bold], seeds {seeds}; "
+        f"{len(runs) - len(to_run)} complete, {len(to_run)} to run"
+    )
+    exit_code = 0
+    if to_run:
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        log_path = output_root / paper.key / cfg.scale / f"reproduce-{stamp}.log"
+        sweep_dir = output_root / "multirun" / f"{paper.key}-{cfg.scale}-{stamp}"
+        try:
+            code = launch(
+                to_run,
+                launcher=cfg.launcher,
+                log_path=log_path,
+                hydra_args=[str(a) for a in cfg.hydra_args],
+                sweep_dir=sweep_dir,
+            )
+        except KeyboardInterrupt:
+            missing = sum(not r.done for r in (_refreshed(to_run)))
+            console.print(
+                f"[yellow]interrupted[/yellow]: {missing} runs missing; the same command finishes them."
+            )
+            return 130
+        for run in to_run:
+            run.refresh()
+        if code != 0:
+            console.print(f"[red]the sweep exited with code {code}[/red]; its log: {log_path}")
+            console.print(_tail(log_path))
+            exit_code = 1
+    failed = [r for r in runs if r.record is not None and not r.record.complete]
+    missing = [r for r in runs if r.table in chosen and r.record is None]
+    results_dir = Path(cfg.results_root) / paper.key / cfg.scale
+    tables, claims = write_results(
+        paper, all_tables, runs, cfg.scale, seeds, results_dir, int(cfg.min_seeds_for_claims)
+    )
+    print_results(tables, claims)
+    for run in failed:
+        console.print(
+            f"[red]failed[/red] {run.table} / {run.row} / {run.column} / seed {run.seed}: "
+            f"{run.record.reason} ({run.run_dir})"
+        )
+    if missing:
+        console.print(f"[red]{len(missing)} runs left no record[/red] (see the sweep log above).")
+    console.print(f"results in {results_dir} ({time.perf_counter() - started:.1f} s)")
+    return 1 if failed or missing else exit_code
+
+
+def _refreshed(runs: list[PlannedRun]) -> list[PlannedRun]:
+    for run in runs:
+        run.refresh()
+    return runs
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@hydra.main(config_path="../conf", config_name="reproduce", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        code = reproduce(cfg)
+    except UserError as err:
+        console.print(f"[red]error:[/red] {err}")
+        code = 2
+    sys.exit(code)
+
+
+register_resolvers()
+
+if __name__ == "__main__":
+    main()

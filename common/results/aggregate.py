@@ -1,0 +1,154 @@
+"""Records -> per-cell statistics (mean ± std over seeds) -> markdown / CSV tables."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.results.paper_spec import TableSpec
+from common.results.record import RunRecord
+
+
+@dataclass(frozen=True)
+class CellStats:
+    mean: float
+    std: float
+    n: int
+    values: tuple[float, ...]
+
+    def text(self, digits: int = 2) -> str:
+        if self.n == 0:
+            return "—"
+        if self.n == 1:
+            return f"{self.mean:.{digits}f} (n=1)"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+EMPTY = CellStats(math.nan, math.nan, 0, ())
+
+
+def cell_stats(values: Iterable[float]) -> CellStats:
+    """Mean and sample standard deviation (ddof=1; 0 for one value)."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return EMPTY
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return CellStats(float(arr.mean()), std, int(arr.size), tuple(float(v) for v in arr))
+
+
+@dataclass
+class TableResult:
+    """A table's measured cells: stats[(row, column, metric)], plus the failed runs per cell."""
+
+    spec: TableSpec
+    scale: str
+    records: list[RunRecord]
+
+    def stats(self, row: str, column: str, metric: str | None = None) -> CellStats:
+        metric = metric or self.spec.metric
+        values = [
+            r.metrics.get(metric)
+            for r in self.records
+            if r.complete and r.cell.get("row") == row and r.cell.get("column") == column
+        ]
+        return cell_stats(v for v in values if v is not None)
+
+    def failed(self, row: str, column: str) -> list[RunRecord]:
+        return [
+            r
+            for r in self.records
+            if not r.complete and r.cell.get("row") == row and r.cell.get("column") == column
+        ]
+
+    def seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.records})
+
+
+def _reported_text(spec: TableSpec, row: str, column: str) -> str:
+    reported = spec.reported_for(row, column)
+    if reported is None:
+        return ""
+    return f"{reported.value:g}" + (f" ± {reported.std:g}" if reported.std is not None else "")
+
+
+def to_markdown(result: TableResult) -> str:
+    """The table as markdown: measured mean ± std over seeds, the paper's number beside it, sources below."""
+    spec = result.spec
+    lines = [
+        f"### {spec.id}: {spec.title}",
+        "",
+        f"Metric: {spec.metric_label} (`{spec.metric}`), scale `{result.scale}`, "
+        f"mean ± std over seeds {result.seeds()}. Cells read `ours / paper`; paper numbers are the paper's "
+        "own setting (paper scale), shown at every scale for reference.",
+        "",
+        "| | " + " | ".join(spec.columns) + " |",
+        "|---|" + "---|" * len(spec.columns),
+    ]
+    for row in spec.rows:
+        cells = []
+        for column in spec.columns:
+            ours = result.stats(row, column).text()
+            if result.failed(row, column):
+                ours += f" ({len(result.failed(row, column))} failed)"
+            paper = _reported_text(spec, row, column)
+            cells.append(f"{ours} / {paper}" if paper else ours)
+        lines.append(f"| **{row}** | " + " | ".join(cells) + " |")
+    sources = sorted({r.source for r in spec.reported})
+    if sources:
+        lines += ["", "Paper numbers: " + "; ".join(sources) + "."]
+    if spec.notes:
+        lines += ["", spec.notes.strip()]
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = [
+    "paper_table",
+    "scale",
+    "row",
+    "column",
+    "metric",
+    "mean",
+    "std",
+    "n",
+    "seeds",
+    "failed",
+    "reported",
+    "reported_std",
+    "reported_source",
+]
+
+
+def write_csv(result: TableResult, path: Path) -> None:
+    spec = result.spec
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row, column in spec.cells():
+            stats = result.stats(row, column)
+            reported = spec.reported_for(row, column)
+            writer.writerow(
+                {
+                    "paper_table": spec.id,
+                    "scale": result.scale,
+                    "row": row,
+                    "column": column,
+                    "metric": spec.metric,
+                    "mean": _num(stats.mean),
+                    "std": _num(stats.std),
+                    "n": stats.n,
+                    "seeds": " ".join(str(s) for s in result.seeds()),
+                    "failed": len(result.failed(row, column)),
+                    "reported": reported.value if reported else "",
+                    "reported_std": reported.std if reported and reported.std is not None else "",
+                    "reported_source": reported.source if reported else "",
+                }
+            )
+
+
+def _num(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.4f}"

@@ -1,0 +1,228 @@
+"""A paper's tables, reported numbers and claims, read from `conf/paper/<key>.yaml` and validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from common.config import CONFIG_DIR
+from common.errors import UserError
+
+CLAIM_KINDS = ("greater", "within", "order", "at_most", "at_least")
+
+
+@dataclass(frozen=True)
+class Reported:
+    row: str
+    column: str
+    value: float
+    source: str
+    std: float | None = None
+    metric: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    text: str
+    kind: str
+    scale: str
+    spec: dict[str, Any]
+    metric: str | None = None
+
+
+@dataclass(frozen=True)
+class CellOverride:
+    row: str
+    column: str
+    scale: str | None
+    overrides: dict[str, Any]
+
+
+@dataclass
+class TableSpec:
+    id: str
+    title: str
+    experiment: str
+    metric: str
+    metric_label: str
+    rows: dict[str, dict[str, Any]]
+    columns: dict[str, dict[str, Any]]
+    scales: tuple[str, ...] = ("mini", "paper")
+    higher_is_better: bool = True
+    reported: list[Reported] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+    cell_overrides: list[CellOverride] = field(default_factory=list)
+    curves: dict[str, Any] | None = None
+    notes: str = ""
+
+    def cells(self) -> list[tuple[str, str]]:
+        return [(row, column) for row in self.rows for column in self.columns]
+
+    def cell_overrides_for(self, row: str, column: str, scale: str) -> dict[str, Any]:
+        """Row overrides, then column overrides, then any overrides of this one cell at this scale."""
+        merged = {**self.rows[row], **self.columns[column]}
+        for extra in self.cell_overrides:
+            if extra.row == row and extra.column == column and extra.scale in (None, scale):
+                merged.update(extra.overrides)
+        return merged
+
+    def reported_for(self, row: str, column: str, metric: str | None = None) -> Reported | None:
+        for item in self.reported:
+            if (
+                item.row == row
+                and item.column == column
+                and (item.metric or self.metric) == (metric or self.metric)
+            ):
+                return item
+        return None
+
+
+@dataclass
+class PaperSpec:
+    key: str
+    title: str
+    arxiv: str | None
+    venue: str | None
+    code: str | None
+    tables: dict[str, TableSpec]
+
+    def tables_at(self, scale: str, only: str | None = None) -> list[TableSpec]:
+        if only is not None and only not in self.tables:
+            raise UserError(f"paper {self.key!r} has no table {only!r}; its tables: {', '.join(self.tables)}")
+        chosen = [self.tables[only]] if only else list(self.tables.values())
+        at_scale = [t for t in chosen if scale in t.scales]
+        if not at_scale:
+            raise UserError(
+                f"no table of {self.key!r} ({', '.join(t.id for t in chosen)}) runs at scale {scale!r}"
+            )
+        return at_scale
+
+
+def available_papers(config_dir: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in (config_dir / "paper").glob("*.yaml"))
+
+
+def load_paper(key: str, config_dir: Path = CONFIG_DIR) -> PaperSpec:
+    path = config_dir / "paper" / f"{key}.yaml"
+    if not path.exists():
+        raise UserError(
+            f"unknown paper {key!r}; available: {', '.join(available_papers(config_dir)) or '(none)'}"
+        )
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    where = f"{path.relative_to(config_dir.parent) if config_dir.parent in path.parents else path}"
+    try:
+        return _parse_paper(key, raw, where)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{where} is malformed: {err}") from err
+
+
+def _parse_paper(key: str, raw: dict[str, Any], where: str) -> PaperSpec:
+    _only_keys(raw, {"key", "title", "arxiv", "venue", "code", "tables", "notes"}, where)
+    if raw.get("key", key) != key:
+        raise ValueError(f"key {raw['key']!r} differs from the file name {key!r}")
+    tables = {tid: _parse_table(tid, spec, f"{where}: tables.{tid}") for tid, spec in raw["tables"].items()}
+    return PaperSpec(key, raw["title"], raw.get("arxiv"), raw.get("venue"), raw.get("code"), tables)
+
+
+def _parse_table(tid: str, raw: dict[str, Any], where: str) -> TableSpec:
+    allowed = {
+        "title",
+        "experiment",
+        "metric",
+        "metric_label",
+        "rows",
+        "columns",
+        "scales",
+        "higher_is_better",
+        "reported",
+        "claims",
+        "cell_overrides",
+        "curves",
+        "notes",
+    }
+    _only_keys(raw, allowed, where)
+    rows, columns = raw["rows"], raw["columns"]
+    if not rows or not columns:
+        raise ValueError(f"{where} needs at least one row and one column")
+    for label, overrides in [*rows.items(), *columns.items()]:
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{where}: row/column {label!r} must map config keys to values")
+    reported = [Reported(**item) for item in raw.get("reported") or []]
+    for item in reported:
+        if item.row not in rows or item.column not in columns:
+            raise ValueError(f"{where}: reported value for unknown cell ({item.row!r}, {item.column!r})")
+        if not item.source:
+            raise ValueError(f"{where}: reported value for ({item.row}, {item.column}) has no source")
+    claims = [_parse_claim(item, rows, columns, where) for item in raw.get("claims") or []]
+    cell_overrides = [
+        CellOverride(item["row"], item["column"], item.get("scale"), dict(item["overrides"]))
+        for item in raw.get("cell_overrides") or []
+    ]
+    return TableSpec(
+        id=tid,
+        title=raw["title"],
+        experiment=raw["experiment"],
+        metric=raw["metric"],
+        metric_label=raw.get("metric_label", raw["metric"]),
+        rows=rows,
+        columns=columns,
+        scales=tuple(raw.get("scales", ("mini", "paper"))),
+        higher_is_better=raw.get("higher_is_better", True),
+        reported=reported,
+        claims=claims,
+        cell_overrides=cell_overrides,
+        curves=raw.get("curves"),
+        notes=raw.get("notes", ""),
+    )
+
+
+def _parse_claim(raw: dict[str, Any], rows: dict, columns: dict, where: str) -> Claim:
+    _only_keys(
+        raw,
+        {
+            "id",
+            "text",
+            "kind",
+            "scale",
+            "metric",
+            "left",
+            "right",
+            "columns",
+            "margin",
+            "cell",
+            "target",
+            "tolerance",
+            "cells",
+            "value",
+        },
+        where,
+    )
+    if raw["kind"] not in CLAIM_KINDS:
+        raise ValueError(
+            f"{where}: claim {raw.get('id')!r} has kind {raw['kind']!r}; use one of {CLAIM_KINDS}"
+        )
+    for ref in _claim_refs(raw):
+        if ref.get("row") is not None and ref["row"] not in rows:
+            raise ValueError(f"{where}: claim {raw['id']!r} names unknown row {ref['row']!r}")
+        if ref.get("column") is not None and ref["column"] not in columns:
+            raise ValueError(f"{where}: claim {raw['id']!r} names unknown column {ref['column']!r}")
+    for column in raw.get("columns") or []:
+        if column not in columns:
+            raise ValueError(f"{where}: claim {raw['id']!r} names unknown column {column!r}")
+    spec = {k: v for k, v in raw.items() if k not in ("id", "text", "kind", "scale", "metric")}
+    return Claim(raw["id"], raw["text"], raw["kind"], raw.get("scale", "mini"), spec, raw.get("metric"))
+
+
+def _claim_refs(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    refs = [raw[k] for k in ("left", "right", "cell") if isinstance(raw.get(k), dict)]
+    return refs + list(raw.get("cells") or [])
+
+
+def _only_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")

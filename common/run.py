@@ -1,0 +1,176 @@
+"""One run: `python -m common.run experiment=elr/table1 method=elr data.noise_rate=0.4 seed=1`.
+
+Trains (or runs the pipeline of) the configured method and writes `result.json` in the run folder. A crash or
+a NaN loss is recorded as `failed` with its reason; an interrupted run writes nothing, so it is redone."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from common.config import register_resolvers
+from common.errors import NonFiniteLossError, UserError
+from common.experiment import build_datamodule, build_loggers, build_module, build_trainer, configure_runtime
+from common.lit.pipeline import Pipeline, RunContext
+from common.registry import lookup
+from common.results.record import (
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    RunRecord,
+    config_hash,
+    device_info,
+    git_state,
+    now,
+    package_versions,
+    read_record,
+    write_record,
+)
+
+log = logging.getLogger("pnu.run")
+
+
+def _check_config(cfg: DictConfig) -> None:
+    for key, hint in (
+        ("paper", "choose an experiment: experiment=<paper>/<table> (see conf/experiment/)"),
+        ("table", "choose an experiment: experiment=<paper>/<table> (see conf/experiment/)"),
+        (
+            "data",
+            f"no {cfg.get('scale', {}).get('name', '?')}-scale setup for this experiment under "
+            "conf/table_scale/<paper>/<table>/<scale>.yaml",
+        ),
+    ):
+        if OmegaConf.select(cfg, key, default=None) is None:
+            raise UserError(f"the run config has no `{key}`: {hint}")
+
+
+def _train(cfg: DictConfig, run_dir: Path, datamodule: Any) -> tuple[dict, dict, dict]:
+    method_cls = lookup("method", cfg.method.name)
+    loggers = build_loggers(cfg, run_dir)
+    if isinstance(method_cls, type) and issubclass(method_cls, Pipeline):
+        params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
+        context = RunContext(
+            cfg=cfg,
+            datamodule=datamodule,
+            make_module=lambda method=None: build_module(cfg, datamodule, method),
+            make_trainer=lambda **kw: build_trainer(cfg, run_dir, checkpoint=False, **kw),
+        )
+        metrics = method_cls(**params).run(context)
+        return metrics, context.curves, {"loggers": loggers, **context.extra}
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg, run_dir, loggers=loggers)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    info = {
+        "loggers": loggers,
+        "precision": str(trainer.precision),
+        "effective_batch_size": int(
+            datamodule.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+        ),
+    }
+    return module.final_metrics(), module.curves, info
+
+
+def execute(cfg: DictConfig) -> RunRecord:
+    """Run one configured experiment and write its record; returns the record (skips a complete one)."""
+    _check_config(cfg)
+    run_dir = Path(cfg.runtime.run_dir)
+    chash = config_hash(cfg)
+    existing = read_record(run_dir)
+    if existing and existing.complete and existing.config_hash == chash and not cfg.runtime.force:
+        log.info("complete record found in %s; skipping", run_dir)
+        return existing
+    configure_runtime(cfg.runtime.get("num_threads"))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    sha, dirty = git_state()
+    record = RunRecord(
+        paper=str(cfg.paper),
+        table=str(cfg.table),
+        scale=str(cfg.scale.name),
+        seed=int(cfg.seed),
+        cell=OmegaConf.to_container(cfg.cell, resolve=True),
+        status=STATUS_FAILED,
+        config_hash=chash,
+        started_at=now(),
+        git_sha=sha,
+        git_dirty=dirty,
+        packages=package_versions(),
+        device=device_info(),
+        precision=str(cfg.trainer.get("precision")),
+    )
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    info: dict[str, Any] = {}
+    try:
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+        record.data_split_hash = getattr(datamodule, "split_hash", None)
+        record.effective_batch_size = getattr(datamodule, "batch_size", None)
+        metrics, curves, info = _train(cfg, run_dir, datamodule)
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(f"non-finite metrics: {bad}")
+        if not metrics:
+            raise RuntimeError("the method returned no metrics (did training run any epoch?)")
+        record.metrics, record.curves, record.status = metrics, curves, STATUS_COMPLETE
+        record.precision = info.get("precision", record.precision)
+        record.effective_batch_size = info.get("effective_batch_size", record.effective_batch_size)
+        record.extra = {
+            k: v for k, v in info.items() if k not in ("loggers", "precision", "effective_batch_size")
+        }
+    except UserError:
+        raise
+    except NonFiniteLossError as err:
+        record.reason = f"non-finite loss: {err}"
+    except Exception as err:  # a crash is recorded as failed; the sweep goes on with the other runs
+        record.reason = f"{type(err).__name__}: {err}"
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        log.error("run failed: %s (traceback in %s)", record.reason, run_dir / "error.txt")
+    record.wall_time_s = round(time.perf_counter() - start, 3)
+    record.finished_at = now()
+    path = write_record(record, run_dir)
+    _finish_loggers(info.get("loggers", []), record, path)
+    return record
+
+
+def _finish_loggers(loggers: list, record: RunRecord, record_path: Path) -> None:
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            run = logger.experiment
+            run.summary.update({"status": record.status, **record.metrics})
+            run.save(str(record_path), base_path=str(record_path.parent), policy="now")
+            run.finish()
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        record = execute(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if not record.complete:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        print(
+            f"error: run failed: {record.reason} (record: {cfg.runtime.run_dir}/result.json)", file=sys.stderr
+        )
+        if HydraConfig.get().mode == RunMode.RUN:
+            sys.exit(1)
+    return record.metrics.get(str(cfg.get("objective", "test/acc")))
+
+
+register_resolvers()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""`common.reproduce` end to end on a tiny sweep: launchers, reuse of records, interrupt and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.results.record import read_record
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+TINY = ["paper=elr", "table=table1", "columns=[sym-40%]", "overrides=['trainer.max_epochs=2']"]
+
+
+def _reproduce(tmp_path: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "common.reproduce",
+        *TINY,
+        f"output_root={tmp_path / 'outputs'}",
+        f"results_root={tmp_path / 'results'}",
+        *extra,
+    ]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _records(tmp_path: Path) -> dict[Path, object]:
+    return {p.parent: read_record(p.parent) for p in (tmp_path / "outputs").rglob("result.json")}
+
+
+def test_submitit_local_sweep_writes_tables_and_reuses_records(tmp_path: Path):
+    first = _reproduce(tmp_path, "seeds=2", "launcher=submitit_local")
+    assert first.returncode == 0, first.stdout + first.stderr
+    records = _records(tmp_path)
+    assert len(records) == 4 and all(r.complete for r in records.values())
+    results = tmp_path / "results" / "elr" / "mini"
+    for name in ("table1.md", "table1.csv", "table1.png", "claims.md", "manifest.json"):
+        assert (results / name).stat().st_size > 0, name
+    markdown = (results / "table1.md").read_text()
+    assert "/ 89.15 ± 0.17" in markdown  # the paper's number beside ours
+    manifest = json.loads((results / "manifest.json").read_text())
+    assert {(r["row"], r["seed"]) for r in manifest["runs"]} == {("CE", 0), ("CE", 1), ("ELR", 0), ("ELR", 1)}
+    assert "ELR beats CE by at least 5 points" in (results / "claims.md").read_text()
+
+    started = time.perf_counter()
+    second = _reproduce(tmp_path, "seeds=2", "launcher=submitit_local")
+    assert second.returncode == 0 and "4 complete, 0 to run" in second.stdout
+    assert time.perf_counter() - started < 30
+    assert {p: r.started_at for p, r in _records(tmp_path).items()} == {
+        p: r.started_at for p, r in records.items()
+    }
+
+    explicit = _reproduce(tmp_path, "seeds=[1,7]")  # explicit seeds: seed 1 is reused, seed 7 is new
+    assert explicit.returncode == 0 and "2 complete, 2 to run" in explicit.stdout
+
+
+def test_interrupted_sweep_resumes_with_only_the_missing_runs(tmp_path: Path):
+    command = [
+        sys.executable,
+        "-m",
+        "common.reproduce",
+        "paper=elr",
+        "table=table1",
+        "columns=[sym-40%]",
+        "overrides=['trainer.max_epochs=20']",
+        "seeds=3",
+        f"output_root={tmp_path / 'outputs'}",
+        f"results_root={tmp_path / 'results'}",
+    ]
+    child = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "outputs").rglob("result.json")):
+        time.sleep(0.2)
+    os.killpg(child.pid, signal.SIGKILL)  # as hard as a preemption: no clean-up at all
+    child.wait()
+    before = _records(tmp_path)
+    assert 1 <= len(before) < 6 and all(r.complete for r in before.values())
+    assert not (tmp_path / "results").exists()  # nothing aggregated from a partial sweep
+
+    resumed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{len(before)} complete, {6 - len(before)} to run" in resumed.stdout
+    after = _records(tmp_path)
+    assert len(after) == 6 and all(r.complete for r in after.values())
+    for path, record in before.items():
+        assert after[path].started_at == record.started_at  # finished runs were not redone
+
+
+def test_reproduce_user_errors(tmp_path: Path):
+    unknown_paper = subprocess.run(
+        [sys.executable, "-m", "common.reproduce", "paper=nope"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown_paper.returncode != 0 and "Available options" in unknown_paper.stderr
+    assert "elr" in unknown_paper.stderr
+    unknown_table = _reproduce(tmp_path, "table=nope")
+    assert unknown_table.returncode == 2 and "has no table 'nope'" in unknown_table.stdout
+    bad_column = _reproduce(tmp_path, "columns=[sym-99%]")
+    assert bad_column.returncode == 2 and "has no column" in bad_column.stdout
+    bad_override = _reproduce(tmp_path, "overrides=['data.no_such_key=1']")
+    assert bad_override.returncode == 2 and "no_such_key" in bad_override.stdout
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,145 @@
+"""Claims, aggregation and tables on hand-made records."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from common.results.aggregate import TableResult, cell_stats, to_markdown
+from common.results.claims import FAILED, HELD, NOT_EVALUATED, evaluate_claim
+from common.results.paper_spec import Claim, Reported, TableSpec
+from common.results.record import RunRecord
+
+
+def _spec(**extra) -> TableSpec:
+    return TableSpec(
+        id="t1",
+        title="toy",
+        experiment="toy/t1",
+        metric="test/acc",
+        metric_label="accuracy",
+        rows={"A": {"method": "a"}, "B": {"method": "b"}},
+        columns={"x": {"data.noise_rate": 0.2}, "y": {"data.noise_rate": 0.4}},
+        reported=[Reported("A", "x", 91.0, "paper Table 1", 0.5)],
+        **extra,
+    )
+
+
+def _records(values: dict[tuple[str, str], list[float]]) -> list[RunRecord]:
+    out = []
+    for (row, column), accs in values.items():
+        for seed, acc in enumerate(accs):
+            out.append(
+                RunRecord(
+                    "toy",
+                    "t1",
+                    "mini",
+                    seed,
+                    {"row": row, "column": column},
+                    "complete",
+                    "h",
+                    metrics={"test/acc": acc, "drop": 10 - acc / 10},
+                )
+            )
+    return out
+
+
+VALUES = {
+    ("A", "x"): [90.0, 92.0, 94.0],
+    ("B", "x"): [80.0, 81.0, 82.0],
+    ("A", "y"): [70.0, 71.0, 72.0],
+    ("B", "y"): [71.0, 72.0, 73.0],
+}
+
+
+def test_cell_stats_mean_and_sample_std():
+    stats = cell_stats([90.0, 92.0, 94.0])
+    assert stats.mean == 92.0 and stats.std == pytest.approx(2.0) and stats.n == 3
+    assert cell_stats([5.0]).std == 0.0
+    assert cell_stats([]).n == 0 and math.isnan(cell_stats([]).mean)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"left": {"row": "A", "column": "x"}, "right": {"row": "B", "column": "x"}, "margin": 5}, HELD),
+        ({"left": {"row": "A", "column": "x"}, "right": {"row": "B", "column": "x"}, "margin": 12}, FAILED),
+        ({"left": {"row": "A"}, "right": {"row": "B"}, "columns": ["x", "y"]}, FAILED),  # A < B at y
+        ({"left": {"row": "A"}, "right": {"row": "B"}, "columns": ["x"]}, HELD),
+    ],
+)
+def test_greater_claims(spec, expected):
+    result = TableResult(_spec(), "mini", _records(VALUES))
+    claim = Claim("c", "text", "greater", "mini", spec)
+    assert evaluate_claim(claim, result).status == expected
+
+
+def test_within_reported_order_and_bounds():
+    result = TableResult(_spec(), "mini", _records(VALUES))
+    within = Claim(
+        "w",
+        "t",
+        "within",
+        "mini",
+        {"cell": {"row": "A", "column": "x"}, "target": "reported", "tolerance": 1.0},
+    )
+    assert evaluate_claim(within, result).status == HELD  # |92 - 91| = 1
+    tight = Claim(
+        "w", "t", "within", "mini", {"cell": {"row": "A", "column": "x"}, "target": 90, "tolerance": 1.5}
+    )
+    assert evaluate_claim(tight, result).status == FAILED
+    no_report = Claim(
+        "w",
+        "t",
+        "within",
+        "mini",
+        {"cell": {"row": "B", "column": "x"}, "target": "reported", "tolerance": 1.0},
+    )
+    assert evaluate_claim(no_report, result).status == NOT_EVALUATED
+    order = Claim(
+        "o",
+        "t",
+        "order",
+        "mini",
+        {"cells": [{"row": "A", "column": "x"}, {"row": "B", "column": "x"}, {"row": "A", "column": "y"}]},
+    )
+    assert evaluate_claim(order, result).status == HELD
+    at_most = Claim(
+        "m", "t", "at_most", "mini", {"cell": {"row": "A", "column": "x"}, "value": 0.9}, metric="drop"
+    )
+    assert evaluate_claim(at_most, result).status == HELD  # 10 - 9.2 = 0.8
+    at_least = Claim(
+        "m", "t", "at_least", "mini", {"cell": {"row": "A", "column": "x"}, "value": 0.9}, metric="drop"
+    )
+    assert evaluate_claim(at_least, result).status == FAILED
+
+
+def test_missing_cells_and_other_scale_are_not_evaluated():
+    records = _records({("A", "x"): [90.0]})
+    result = TableResult(_spec(), "mini", records)
+    claim = Claim(
+        "c",
+        "t",
+        "greater",
+        "mini",
+        {"left": {"row": "A", "column": "x"}, "right": {"row": "B", "column": "x"}},
+    )
+    assert evaluate_claim(claim, result).status == NOT_EVALUATED
+    paper_claim = Claim("c", "t", "greater", "paper", claim.spec)
+    assert evaluate_claim(paper_claim, TableResult(_spec(), "mini", _records(VALUES))).status == NOT_EVALUATED
+    assert (
+        evaluate_claim(claim, TableResult(_spec(), "mini", _records(VALUES)), min_seeds=4).status
+        == NOT_EVALUATED
+    )
+
+
+def test_failed_runs_are_excluded_and_marked():
+    records = _records(VALUES)
+    records.append(
+        RunRecord("toy", "t1", "mini", 9, {"row": "A", "column": "x"}, "failed", "h", reason="nan")
+    )
+    result = TableResult(_spec(), "mini", records)
+    assert result.stats("A", "x").n == 3
+    markdown = to_markdown(result)
+    assert "92.00 ± 2.00 (1 failed) / 91 ± 0.5" in markdown and "Paper numbers: paper Table 1." in markdown
