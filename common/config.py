@@ -40,10 +40,9 @@ def compose_run_config(overrides: list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     register_resolvers()
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name=CONFIG_NAME, overrides=overrides)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=CONFIG_NAME, overrides=overrides)
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3")
+    return compose(config_name=CONFIG_NAME, overrides=overrides)
 
 
 register_resolvers()

@@ -17,15 +17,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.config import REPO_ROOT, compose_run_config, register_resolvers
+from common.config import CONFIG_DIR, REPO_ROOT, compose_run_config, register_resolvers
 from common.errors import UserError
 from common.results.aggregate import TableResult, to_markdown, write_csv
 from common.results.claims import FAILED, HELD, ClaimResult, claims_markdown, evaluate_claim
@@ -266,21 +265,12 @@ def print_results(tables: list[TableResult], claims: list[ClaimResult]) -> None:
         console.print(table)
 
 
-def paper_key(cfg: DictConfig) -> str:
-    """The chosen paper: the name of the `paper` config group option."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return str(HydraConfig.get().runtime.choices["paper"])
-    return str(cfg.paper.key)
-
-
 def reproduce(cfg: DictConfig) -> int:
     if cfg.scale not in ("mini", "paper"):
         raise UserError(f"scale must be mini or paper, got {cfg.scale!r}")
     if cfg.launcher not in LAUNCHERS:
         raise UserError(f"launcher must be one of {LAUNCHERS}, got {cfg.launcher!r}")
-    paper = load_paper(paper_key(cfg))
+    paper = load_paper(str(cfg.paper))
     all_tables = paper.tables_at(cfg.scale)
     selected = paper.tables_at(cfg.scale, cfg.table)
     seeds = parse_seeds(cfg.seeds)
@@ -360,17 +350,35 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
-@hydra.main(config_path="../conf", config_name="reproduce", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def parse_options(argv: list[str]) -> DictConfig:
+    """`key=value` options (YAML values) over conf/reproduce.yaml; unknown keys are an error."""
+    defaults = OmegaConf.load(CONFIG_DIR / "reproduce.yaml")
+    OmegaConf.set_struct(defaults, True)
+    options = list(defaults.keys())
+    for arg in argv:
+        if "=" not in arg:
+            raise UserError(f"options are key=value, got {arg!r}; options: {', '.join(options)}")
+        key = arg.split("=", 1)[0]
+        if key not in options:
+            raise UserError(f"unknown option {key!r}; options: {', '.join(options)}")
     try:
-        code = reproduce(cfg)
+        cfg = OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))
+    except OmegaConfBaseException as err:
+        raise UserError(f"malformed option: {err}") from err
+    if OmegaConf.is_missing(cfg, "paper"):
+        raise UserError("choose a paper: paper=<key> (make reproduce PAPER=<key>)")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return reproduce(parse_options(sys.argv[1:] if argv is None else argv))
     except UserError as err:
         console.print(f"[red]error:[/red] {err}")
-        code = 2
-    sys.exit(code)
+        return 2
 
 
 register_resolvers()
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

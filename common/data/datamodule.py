@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from common.data import corruptions
 from common.data.sources import ArrayData, load_digits, load_hub_dataset, make_gaussian_mixture, make_random
@@ -34,6 +34,23 @@ CIFAR100_ASYMMETRIC_MAP = tuple((i // 5) * 5 + (i + 1) % 5 for i in range(100))
 MINI_SOURCES = ("digits", "gaussian_mixture", "random")
 
 
+class TensorBatchSampler(torch.utils.data.Sampler):
+    """Batches of indices as tensors (one randperm per epoch), for `TensorBatchDataset`."""
+
+    def __init__(self, length: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
+        self.length, self.batch_size, self.shuffle, self.generator = length, batch_size, shuffle, generator
+
+    def __len__(self) -> int:
+        return (self.length + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.length, generator=self.generator)
+        else:
+            order = torch.arange(self.length)
+        yield from order.split(self.batch_size)
+
+
 class TensorBatchDataset(Dataset):
     """Indexing with a list of indices returns the whole batch at once."""
 
@@ -47,7 +64,7 @@ class TensorBatchDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, indices: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(indices)
         return {key: value[idx] for key, value in self.tensors.items()}
 
@@ -300,10 +317,8 @@ class ClassificationDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, seed_offset: int = 0) -> DataLoader:
         if isinstance(dataset, TensorBatchDataset):
             generator = torch.Generator().manual_seed(self.seed + seed_offset)
-            base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-            return DataLoader(
-                dataset, batch_size=None, sampler=BatchSampler(base, batch_size, drop_last=False)
-            )
+            sampler = TensorBatchSampler(len(dataset), batch_size, shuffle, generator)
+            return DataLoader(dataset, batch_size=None, sampler=sampler)
         return DataLoader(
             dataset,
             batch_size=batch_size,

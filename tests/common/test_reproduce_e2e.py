@@ -105,8 +105,10 @@ def test_reproduce_user_errors(tmp_path: Path):
         text=True,
         timeout=60,
     )
-    assert unknown_paper.returncode != 0 and "Available options" in unknown_paper.stderr
-    assert "elr" in unknown_paper.stderr
+    assert unknown_paper.returncode == 2 and "unknown paper 'nope'; available:" in unknown_paper.stdout
+    assert "elr" in unknown_paper.stdout
+    unknown_option = _reproduce(tmp_path, "sedes=3")
+    assert unknown_option.returncode == 2 and "unknown option 'sedes'" in unknown_option.stdout
     unknown_table = _reproduce(tmp_path, "table=nope")
     assert unknown_table.returncode == 2 and "has no table 'nope'" in unknown_table.stdout
     bad_column = _reproduce(tmp_path, "columns=[sym-99%]")

@@ -121,3 +121,16 @@ def test_paper_scale_without_cached_dataset_says_what_to_do(output_root: Path, t
     assert "uoft-cs/cifar10" in result.stderr and str(tmp_path / "hf") in result.stderr
     assert "datasets.load_dataset" in result.stderr and "Traceback" not in result.stderr
     assert not list(output_root.rglob("result.json"))
+
+
+def test_wandb_logger_offline_groups_runs_by_table(output_root: Path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(output_root))
+    record = _run(output_root, "seed=4", "logger=wandb", "trainer.max_epochs=1")
+    assert record.complete, record.reason
+    run_dir = output_root / "elr/mini/table1/CE__sym-40pct/seed_4"
+    offline = list(run_dir.rglob("offline-run-*"))
+    assert offline, "no offline W&B run written"
+    assert (offline[0] / "files" / "result.json").exists()  # the run record is uploaded with the run
+    stream = next(offline[0].glob("run-*.wandb")).read_bytes()
+    assert b"elr/table1/mini" in stream and b"noise_rate" in stream  # group = table; resolved config
