@@ -36,6 +36,7 @@ def configure_runtime(num_threads: int | None = None) -> None:
         ".*LeafSpec.*",
         ".*Checkpoint directory.*exists and is not empty.*",
         ".*srun.*",
+        ".*overridden `transfer_batch_to_device`.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
@@ -99,6 +100,13 @@ def build_module(
         raise UserError(f"method config does not fit {name!r} ({module_cls.__qualname__}): {err}") from err
 
 
+def checkpoint_dir(run_dir: Path, cfg: DictConfig) -> Path:
+    """Checkpoints of this exact config: a run whose config changed never resumes from another's weights."""
+    from common.results.record import config_hash
+
+    return run_dir / "checkpoints" / config_hash(cfg)
+
+
 def build_trainer(
     cfg: DictConfig,
     run_dir: Path | None = None,
@@ -114,7 +122,12 @@ def build_trainer(
     if checkpoint:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0))
+        directory = checkpoint_dir(run_dir, cfg)
+        callbacks.append(ModelCheckpoint(dirpath=str(directory), save_last=True, save_top_k=0))
+    if cfg.runtime.progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
     plugins = []
     if "SLURM_JOB_ID" in os.environ and checkpoint:
         from lightning.pytorch.plugins.environments import SLURMEnvironment

@@ -19,7 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.config import register_resolvers
 from common.errors import NonFiniteLossError, UserError
-from common.experiment import build_datamodule, build_loggers, build_module, build_trainer, configure_runtime
+from common.experiment import (
+    build_datamodule,
+    build_loggers,
+    build_module,
+    build_trainer,
+    checkpoint_dir,
+    configure_runtime,
+)
 from common.lit.pipeline import Pipeline, RunContext
 from common.registry import lookup
 from common.results.record import (
@@ -67,7 +74,7 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule: Any) -> tuple[dict, dict,
         return metrics, context.curves, {"loggers": loggers, **context.extra}
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, run_dir, loggers=loggers)
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = checkpoint_dir(run_dir, cfg) / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     info = {
         "loggers": loggers,

@@ -1,0 +1,144 @@
+"""Tests of common.eval.metrics against scikit-learn and hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
+
+from common.eval.metrics import (
+    balanced_accuracy,
+    expected_calibration_error,
+    shot_group_accuracy,
+    top_k_accuracy,
+)
+
+SCORES = torch.tensor(
+    [
+        [0.1, 0.7, 0.2],  # top-1 = 1, top-2 = {1, 2}
+        [0.5, 0.3, 0.2],  # top-1 = 0, top-2 = {0, 1}
+        [0.2, 0.3, 0.5],  # top-1 = 2, top-2 = {2, 1}
+        [0.6, 0.1, 0.3],  # top-1 = 0, top-2 = {0, 2}
+    ]
+)
+TARGETS = torch.tensor([1, 1, 0, 2])
+
+
+def test_top_k_by_hand() -> None:
+    assert top_k_accuracy(SCORES, TARGETS, k=1) == pytest.approx(25.0)
+    assert top_k_accuracy(SCORES, TARGETS, k=2) == pytest.approx(75.0)
+    assert top_k_accuracy(SCORES, TARGETS, k=3) == pytest.approx(100.0)
+    # Predicted labels and NumPy inputs work for k = 1.
+    assert top_k_accuracy(np.array([1, 0, 2, 0]), TARGETS.numpy()) == pytest.approx(25.0)
+
+
+def test_top_k_matches_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(300, 10)).astype(np.float32)
+    targets = rng.integers(0, 10, 300)
+    for k in (1, 3, 5):
+        expected = 100 * top_k_accuracy_score(targets, scores, k=k, labels=np.arange(10))
+        assert top_k_accuracy(torch.from_numpy(scores), torch.from_numpy(targets), k=k) == pytest.approx(
+            expected
+        )
+
+
+def test_top_k_errors() -> None:
+    with pytest.raises(ValueError):
+        top_k_accuracy(SCORES, TARGETS, k=4)
+    with pytest.raises(ValueError):
+        top_k_accuracy(torch.tensor([1, 0, 2, 0]), TARGETS, k=2)
+    with pytest.raises(ValueError):
+        top_k_accuracy(SCORES, TARGETS[:3])
+    with pytest.raises(ValueError):
+        top_k_accuracy(SCORES, torch.tensor([1, 1, 0, 3]))
+    with pytest.raises(ValueError):
+        top_k_accuracy(SCORES, torch.tensor([], dtype=torch.long).reshape(0))
+
+
+def test_balanced_accuracy_matches_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    # Imbalanced targets, and predictions that include class 6, absent from the targets.
+    targets = rng.choice(6, size=400, p=[0.5, 0.2, 0.1, 0.1, 0.05, 0.05])
+    preds = np.where(rng.random(400) < 0.6, targets, rng.integers(0, 7, 400))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = 100 * balanced_accuracy_score(targets, preds)
+    assert balanced_accuracy(torch.from_numpy(preds), torch.from_numpy(targets)) == pytest.approx(expected)
+    # Scores give the same answer through their arg-max.
+    scores = torch.nn.functional.one_hot(torch.from_numpy(preds), 7).float()
+    assert balanced_accuracy(scores, targets) == pytest.approx(expected)
+
+
+def test_balanced_accuracy_by_hand() -> None:
+    # Class 0: 2/4 right, class 1: 1/1 right -> (50 + 100) / 2 = 75 (plain accuracy would be 60).
+    assert balanced_accuracy(torch.tensor([0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 0, 1])) == pytest.approx(
+        75.0
+    )
+
+
+def test_shot_groups_by_hand() -> None:
+    counts = [150, 100, 50, 20, 5]  # many: {0, 1} (>= 100); medium: {2}; few: {3, 4} (<= 20), as OLTR
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])
+    preds = torch.tensor([0, 0, 1, 0, 2, 2, 2, 0, 0, 4, 1])
+    # Per class: 1.0, 0.5, 0.75, 0.0, 0.5 -> many 75, medium 75, few 25.
+    acc = shot_group_accuracy(preds, targets, counts, many=100, few=20)
+    assert acc == pytest.approx({"many": 75.0, "medium": 75.0, "few": 25.0})
+    # A mini-scale split needs scaled thresholds: with 100 / 20 on counts <= 15 every class is few-shot.
+    small = shot_group_accuracy(preds, targets, [15, 10, 5, 2, 1])
+    assert math.isnan(small["many"]) and math.isnan(small["medium"]) and small["few"] == pytest.approx(55.0)
+    scaled = shot_group_accuracy(preds, targets, np.array([15, 10, 5, 2, 1]), many=10, few=2)
+    assert scaled == pytest.approx({"many": 75.0, "medium": 75.0, "few": 25.0})
+
+
+def test_shot_groups_skip_classes_absent_from_test() -> None:
+    acc = shot_group_accuracy(torch.tensor([0, 1]), torch.tensor([0, 0]), [200, 200, 10])
+    assert acc["many"] == pytest.approx(50.0)  # class 1 has no test example: not averaged in
+    assert math.isnan(acc["few"]) and math.isnan(acc["medium"])
+
+
+def test_shot_groups_errors() -> None:
+    with pytest.raises(ValueError, match="train_class_counts has"):
+        shot_group_accuracy(torch.tensor([0]), torch.tensor([3]), [10, 10])
+    with pytest.raises(ValueError):
+        shot_group_accuracy(torch.tensor([0]), torch.tensor([0]), [10.5, 3])
+    with pytest.raises(ValueError):
+        shot_group_accuracy(torch.tensor([0]), torch.tensor([0]), [10, 3], many=20, few=20)
+
+
+def test_ece_by_hand() -> None:
+    # Confidences 0.9 (right), 0.9 (wrong), 0.6, 0.6 (both right), 5 bins:
+    # |0.5 - 0.9| * 2/4 + |1.0 - 0.6| * 2/4 = 0.4 -> 40 %.
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.6, 0.4]])
+    targets = torch.tensor([0, 1, 1, 0])
+    assert expected_calibration_error(probs, targets, n_bins=5) == pytest.approx(40.0, abs=1e-4)
+    assert expected_calibration_error(probs, targets, n_bins=5, norm="max") == pytest.approx(40.0, abs=1e-4)
+
+
+def test_ece_matches_numpy_reference() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(500, 4)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    targets = rng.integers(0, 4, 500)
+    conf, pred = probs.max(1), probs.argmax(1)
+    edges = np.linspace(0, 1, 16)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.mean() * abs((pred[sel] == targets[sel]).mean() - conf[sel].mean())
+    got = expected_calibration_error(torch.from_numpy(probs).float(), torch.from_numpy(targets))
+    assert got == pytest.approx(100 * ece, abs=1e-3)
+
+
+def test_ece_errors() -> None:
+    with pytest.raises(ValueError):
+        expected_calibration_error(torch.rand(4), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError):
+        expected_calibration_error(torch.rand(4, 2), torch.zeros(4, dtype=torch.long), n_bins=0)
+    with pytest.raises(ValueError):
+        expected_calibration_error(torch.rand(4, 2), torch.full((4,), 2))
