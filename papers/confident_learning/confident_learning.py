@@ -24,6 +24,7 @@ import numpy as np
 __all__ = [
     "FILTER_METHODS",
     "calibrate_confident_joint",
+    "class_weights_from_noise_matrix",
     "confident_joint",
     "confident_thresholds",
     "cross_val_pred_probs",
@@ -53,6 +54,7 @@ _PY_FLOOR = 1e-6  # lower clip of p(y*) while estimating it
 _PY_FLOOR_AFTER_CONVERGENCE = 1e-5  # lower clip of p(y*) after the consistency iterations
 _MAX_NOISE_RATE = 0.9999  # off-diagonal noise rates are clipped to [0, this]
 _PROB_SUM_ATOL = 1e-4  # rows of pred_probs must sum to 1 within this
+_MIN_DIAGONAL_FOR_WEIGHTS = 1e-3  # p(s=k|y*=k) floor when inverting it into a class weight (as cleanlab)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,6 +273,26 @@ def estimate_noise_matrices(
         noise = _renormalise_noise_rates(noise)
         inverse = _renormalise_noise_rates(inverse)
     return noise, inverse, py
+
+
+def class_weights_from_noise_matrix(noise_matrix: Any) -> np.ndarray:
+    """Per-class loss weights for retraining on the pruned data: ``w_k = 1 / p(s=k | y*=k)``, normalised
+    to mean 1 over classes.
+
+    ``noise_matrix[s, y]`` = P(s | y*) (columns sum to 1), e.g. the first output of
+    :func:`estimate_noise_matrices`. The diagonal is floored at 1e-3 before inverting (cleanlab's
+    ``CleanLearning`` clips the same way). Pruning removes about a fraction ``1 - p(s=k|y*=k)`` of class k, so
+    the weights restore each class's share of the loss (paper, Sec. 3.2). The normalisation does not change
+    a loss that averages with these weights (``F.cross_entropy(weight=...)`` divides by their sum).
+    """
+    matrix = np.asarray(noise_matrix, dtype=float)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"noise_matrix must be a square (K, K) matrix; got shape {matrix.shape}.")
+    diagonal = matrix.diagonal()
+    if not np.all(np.isfinite(diagonal)) or diagonal.min() < 0 or diagonal.max() > 1 + _FLOAT_TOL:
+        raise ValueError("the diagonal of noise_matrix must hold probabilities in [0, 1].")
+    weights = 1.0 / np.maximum(diagonal, _MIN_DIAGONAL_FOR_WEIGHTS)
+    return weights / weights.mean()
 
 
 # --------------------------------------------------------------------------------------------------
