@@ -21,7 +21,13 @@ _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
 _discovered = False
 
 # Modules of common/ that register built-in entries.
-_BUILTIN_MODULES = ("common.data.datamodule", "common.lit.classification", "common.losses")
+_BUILTIN_MODULES = (
+    "common.data.datamodule",
+    "common.data.views",
+    "common.lit.classification",
+    "common.lit.contrastive",
+    "common.losses",
+)
 
 
 def register(kind: str, name: str) -> Callable[[T], T]:
