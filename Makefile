@@ -1,5 +1,5 @@
 # PNU-Repro. Two commands do everything on a fresh machine with Python >= 3.11 and make:
-#   make reproduce PAPER=elr      (tables, plots and claims of one paper, mini scale, CPU, minutes)
+#   make reproduce PAPER=ucl      (tables, plots and claims of one paper, mini scale, CPU, minutes)
 #   make test
 # Options: make reproduce PAPER=<key> TABLE=<id> SCALE=mini|paper SEEDS=3|11,12,13 LAUNCHER=local|submitit_local|slurm
 #          LOGGER=csv|wandb|none OVERRIDES="trainer.max_epochs=5 ..." (every run)
@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-PAPER ?= elr
+PAPER ?= ucl
 TABLE ?=
 SCALE ?= mini
 SEEDS ?= 3
