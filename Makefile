@@ -27,7 +27,7 @@ seeds_arg = $(if $(findstring $(comma),$(SEEDS)),seeds=[$(SEEDS)],seeds=$(SEEDS)
 # "a=1 b=2" -> "name=['a=1','b=2']" (Hydra needs list items that contain '=' quoted)
 list_arg = $(if $(strip $(2)),"$(1)=[$(subst $(space),$(comma),$(foreach x,$(strip $(2)),'$(x)'))]")
 
-.PHONY: install reproduce test test-fast lint format bench clean
+.PHONY: install reproduce test test-fast lint format bench bench-quick clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "PNU-Repro needs Python >= 3.11; run make with PYTHON=/path/to/python3.11")'
@@ -59,6 +59,11 @@ format: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) -m benchmarks.harness_overhead
+	$(PY) -m benchmarks.kernels
+
+bench-quick: $(INSTALLED)
+	$(PY) -m benchmarks.harness_overhead --repeats 1
+	$(PY) -m benchmarks.kernels --quick
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
