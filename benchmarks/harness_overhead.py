@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import statistics
 import sys
@@ -114,7 +115,9 @@ def main() -> None:
     (RESULTS / f"harness_{slug}.md").write_text(
         "# Harness overhead\n\n"
         f"`{' '.join(['python -m benchmarks.harness_overhead', *sys.argv[1:]])}` on {device} "
-        f"({torch.get_num_threads()} torch threads), {versions}.\n\n"
+        f"({torch.get_num_threads()} torch threads), {versions}; load average at the end "
+        f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs (a shared machine slows "
+        "both sides, the harness's many small calls more).\n\n"
         f"One mini run (ELR table 1 cell, CE, digits, MLP, {args.epochs} epochs, evaluation every epoch): "
         "data set-up plus training through Hydra + Lightning (`common.run.execute`, record written) against "
         "the same work in a plain PyTorch loop.\n\n"
