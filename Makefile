@@ -20,6 +20,7 @@ ARGS ?=
 OVERRIDES ?=
 HYDRA_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 comma := ,
 space := $(eval) $(eval)
@@ -59,7 +60,7 @@ format: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) -m benchmarks.harness_overhead
-	$(PY) -m benchmarks.kernels
+	$(PY) -m benchmarks.kernels $(BENCH_ARGS)
 
 bench-quick: $(INSTALLED)
 	$(PY) -m benchmarks.harness_overhead --repeats 1
