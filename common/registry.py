@@ -26,6 +26,7 @@ _BUILTIN_MODULES = (
     "common.data.views",
     "common.lit.classification",
     "common.lit.contrastive",
+    "common.lit.recommender",
     "common.losses",
 )
 

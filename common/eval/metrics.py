@@ -11,7 +11,14 @@ Protocols:
     of ``sklearn.metrics.balanced_accuracy_score`` (Brodersen et al., ICPR 2010);
   * many/medium/few-shot accuracy: Liu et al., "Large-scale long-tailed recognition in an open world" (OLTR),
     CVPR 2019, official ``shot_acc``: a class with ``>= many`` training examples is many-shot, ``<= few`` is
-    few-shot, the rest medium; a group's accuracy is the mean of its classes' accuracies.
+    few-shot, the rest medium; a group's accuracy is the mean of its classes' accuracies;
+  * clustering accuracy matches clusters to classes one-to-one by the Hungarian algorithm
+    (``scipy.optimize.linear_sum_assignment`` on the contingency table), the usual protocol of deep
+    clustering and category discovery;
+  * multi-label mAP is the mean over classes of average precision (torchmetrics, the definition of
+    ``sklearn.metrics.average_precision_score``), over the classes with at least one positive;
+  * detection precision/recall/F1 score a predicted boolean mask (e.g. "is a label error", "is clean")
+    against the true one.
 """
 
 from __future__ import annotations
@@ -22,13 +29,26 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_calibration_error,
     multiclass_recall,
 )
+from torchmetrics.functional.classification import (
+    multilabel_average_precision as _multilabel_ap,
+)
 
-__all__ = ["balanced_accuracy", "expected_calibration_error", "shot_group_accuracy", "top_k_accuracy"]
+__all__ = [
+    "balanced_accuracy",
+    "clustering_accuracy",
+    "detection_scores",
+    "expected_calibration_error",
+    "hungarian_match",
+    "multilabel_average_precision",
+    "shot_group_accuracy",
+    "top_k_accuracy",
+]
 
 
 def _tensor(values: Any, name: str) -> torch.Tensor:
@@ -170,3 +190,56 @@ def expected_calibration_error(
         p.float().to(t.device), t, num_classes=p.shape[1], n_bins=n_bins, norm=norm
     )
     return 100.0 * float(ece)
+
+
+def hungarian_match(clusters: Any, targets: Any) -> dict[int, int]:
+    """The one-to-one map cluster -> class with the most agreements (clusters without a class stay out)."""
+    c = _targets(clusters).cpu().numpy()
+    t = _targets(targets, len(c)).cpu().numpy()
+    cluster_ids, c_idx = np.unique(c, return_inverse=True)
+    class_ids, t_idx = np.unique(t, return_inverse=True)
+    table = np.zeros((cluster_ids.size, class_ids.size), dtype=np.int64)
+    np.add.at(table, (c_idx, t_idx), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return {int(cluster_ids[r]): int(class_ids[k]) for r, k in zip(rows, cols, strict=True)}
+
+
+def clustering_accuracy(clusters: Any, targets: Any) -> float:
+    """Accuracy (%) after the best one-to-one matching of cluster ids to class ids (Hungarian)."""
+    mapping = hungarian_match(clusters, targets)
+    c = _targets(clusters).cpu().numpy()
+    t = _targets(targets, len(c)).cpu().numpy()
+    mapped = np.array([mapping.get(int(x), -1) for x in c])
+    return 100.0 * float((mapped == t).mean())
+
+
+def multilabel_average_precision(scores: Any, targets: Any) -> float:
+    """Mean average precision (%) over the classes that have a positive in ``targets`` ((N, C) of 0/1)."""
+    s = _tensor(scores, "scores").float()
+    y = _tensor(targets, "targets")
+    if s.ndim != 2 or y.shape != s.shape:
+        raise ValueError(
+            f"scores and targets must both be (N, C); got {tuple(s.shape)} and {tuple(y.shape)}."
+        )
+    if not torch.isin(y.unique(), torch.tensor([0, 1], dtype=y.dtype)).all():
+        raise ValueError("targets must be 0/1; mark unknown labels in the training data, not in evaluation.")
+    present = y.sum(0) > 0
+    if not present.any():
+        raise ValueError("no class has a positive in targets; mAP is undefined.")
+    per_class = _multilabel_ap(
+        s[:, present], y[:, present].long(), num_labels=int(present.sum()), average=None
+    )
+    return 100.0 * float(per_class.mean())
+
+
+def detection_scores(predicted: Any, actual: Any) -> dict[str, float]:
+    """Precision, recall and F1 (%) of a predicted boolean mask against the true one (0 where undefined)."""
+    p = _tensor(predicted, "predicted").bool().flatten()
+    a = _tensor(actual, "actual").bool().flatten()
+    if p.shape != a.shape:
+        raise ValueError(f"predicted and actual masks differ in size: {p.numel()} vs {a.numel()}.")
+    tp = float((p & a).sum())
+    precision = tp / float(p.sum()) if p.any() else 0.0
+    recall = tp / float(a.sum()) if a.any() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": 100.0 * precision, "recall": 100.0 * recall, "f1": 100.0 * f1}

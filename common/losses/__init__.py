@@ -1,1 +1,7 @@
 """Losses shared by several papers (each registered by name)."""
+
+from common.losses import pu, supcon  # noqa: F401  (registration)
+from common.losses.pu import PURisk, bpr_loss, nnpu_risk, upu_risk, vpu_loss, vpu_mixup_regularizer
+from common.losses.supcon import supcon_loss
+
+__all__ = ["PURisk", "bpr_loss", "nnpu_risk", "supcon_loss", "upu_risk", "vpu_loss", "vpu_mixup_regularizer"]

@@ -58,6 +58,27 @@ class TableResult:
         ]
         return cell_stats(v for v in values if v is not None)
 
+    def slope(self, row: str, metric: str | None = None) -> CellStats:
+        """Per-seed least-squares slope of log(metric) against log(x) over the columns of a rate table;
+        seeds with fewer than two positive values are left out."""
+        rate = self.spec.rate
+        if rate is None:
+            return EMPTY
+        metric = metric or self.spec.metric
+        slopes = []
+        for seed in self.seeds():
+            points = [
+                (rate.x[str(r.cell.get("column"))], r.metrics.get(metric))
+                for r in self.records
+                if r.complete and r.seed == seed and r.cell.get("row") == row
+                if r.cell.get("column") in rate.x
+            ]
+            points = [(x, y) for x, y in points if y is not None and math.isfinite(y) and y > 0]
+            if len({x for x, _ in points}) >= 2:
+                xs, ys = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+                slopes.append(float(np.polyfit(xs, ys, 1)[0]))
+        return cell_stats(slopes)
+
     def failed(self, row: str, column: str) -> list[RunRecord]:
         return [
             r
@@ -79,6 +100,8 @@ def _reported_text(spec: TableSpec, row: str, column: str) -> str:
 def to_markdown(result: TableResult) -> str:
     """The table as markdown: measured mean ± std over seeds, the paper's number beside it, sources below."""
     spec = result.spec
+    rate = spec.rate
+    extra = ["log-log slope (fit)", f"slope ({rate.theory_label})"] if rate else []
     lines = [
         f"### {spec.id}: {spec.title}",
         "",
@@ -86,8 +109,8 @@ def to_markdown(result: TableResult) -> str:
         f"mean ± std over seeds {result.seeds()}. Cells read `ours / paper`; paper numbers are the paper's "
         "own setting (paper scale), shown at every scale for reference.",
         "",
-        "| | " + " | ".join(spec.columns) + " |",
-        "|---|" + "---|" * len(spec.columns),
+        "| | " + " | ".join([*spec.columns, *extra]) + " |",
+        "|---|" + "---|" * (len(spec.columns) + len(extra)),
     ]
     for row in spec.rows:
         cells = []
@@ -97,6 +120,9 @@ def to_markdown(result: TableResult) -> str:
                 ours += f" ({len(result.failed(row, column))} failed)"
             paper = _reported_text(spec, row, column)
             cells.append(f"{ours} / {paper}" if paper else ours)
+        if rate:
+            theory = rate.theory.get(row)
+            cells += [result.slope(row).text(), "" if theory is None else f"{theory:g}"]
         lines.append(f"| **{row}** | " + " | ".join(cells) + " |")
     sources = sorted({r.source for r in spec.reported})
     if sources:
@@ -148,6 +174,27 @@ def write_csv(result: TableResult, path: Path) -> None:
                     "reported_source": reported.source if reported else "",
                 }
             )
+        if spec.rate:
+            for row in spec.rows:
+                stats = result.slope(row)
+                theory = spec.rate.theory.get(row)
+                writer.writerow(
+                    {
+                        "paper_table": spec.id,
+                        "scale": result.scale,
+                        "row": row,
+                        "column": "log-log slope",
+                        "metric": f"{spec.metric} vs {spec.rate.xlabel}",
+                        "mean": _num(stats.mean),
+                        "std": _num(stats.std),
+                        "n": stats.n,
+                        "seeds": " ".join(str(s) for s in result.seeds()),
+                        "failed": 0,
+                        "reported": "" if theory is None else theory,
+                        "reported_std": "",
+                        "reported_source": spec.rate.theory_label if theory is not None else "",
+                    }
+                )
 
 
 def _num(value: float) -> str:

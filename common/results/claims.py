@@ -94,6 +94,41 @@ def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> Cla
             ok = a.mean <= bound if claim.kind == "at_most" else a.mean >= bound
             sign = "<=" if claim.kind == "at_most" else ">="
             checks.append((ok, f"{_label(ref)} {_describe(a)} (needs {sign} {bound:g})"))
+    elif claim.kind == "gap_greater":
+        # (minuend - subtrahend) at the first column exceeds the same gap at the second: "the gain shrinks".
+        margin = float(spec.get("margin", 0.0))
+        gaps = []
+        for column in spec["columns"]:
+            top, bottom = {**spec["minuend"], "column": column}, {**spec["subtrahend"], "column": column}
+            refs += [top, bottom]
+            gaps.append((column, stats(top).mean - stats(bottom).mean))
+        (first, a), (second, b) = gaps
+        row_a, row_b = spec["minuend"]["row"], spec["subtrahend"]["row"]
+        checks.append(
+            (
+                a > b + margin,
+                f"{row_a} − {row_b}: {a:+.2f} @ {first} vs {b:+.2f} @ {second} "
+                f"(needs the first larger by > {margin:g})",
+            )
+        )
+    elif claim.kind == "slope":
+        row = spec["row"]
+        slope = result.slope(row, metric)
+        if slope.n < min_seeds:
+            return ClaimResult(
+                claim, result.spec.id, NOT_EVALUATED, f"fewer than {min_seeds} seeds with a slope for {row}"
+            )
+        bounds = []
+        if "target" in spec:
+            target, tolerance = float(spec["target"]), float(spec["tolerance"])
+            bounds.append((abs(slope.mean - target) <= tolerance, f"|slope - {target:g}| <= {tolerance:g}"))
+        if "min" in spec:
+            bounds.append((slope.mean >= float(spec["min"]), f">= {float(spec['min']):g}"))
+        if "max" in spec:
+            bounds.append((slope.mean <= float(spec["max"]), f"<= {float(spec['max']):g}"))
+        needs = " and ".join(text for _, text in bounds)
+        detail = f"log-log slope of {row} {_describe(slope)} (needs {needs})"
+        checks.append((all(ok for ok, _ in bounds), detail))
     missing = [r for r in refs if stats(r).n < min_seeds]
     detail = "; ".join(text for _, text in checks)
     if missing:

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from common.config import CONFIG_DIR
 from common.errors import UserError
 
-CLAIM_KINDS = ("greater", "within", "order", "at_most", "at_least")
+CLAIM_KINDS = ("greater", "within", "order", "at_most", "at_least", "slope", "gap_greater")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,17 @@ class CellOverride:
     overrides: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class RateSpec:
+    """A table whose columns are sample sizes: the metric is fitted as a power law of `x` per row (log-log
+    slope per seed) and plotted on log-log axes beside the theorem's slopes."""
+
+    x: dict[str, float]
+    xlabel: str
+    theory: dict[str, float]
+    theory_label: str = "theorem"
+
+
 @dataclass
 class TableSpec:
     id: str
@@ -57,6 +68,7 @@ class TableSpec:
     claims: list[Claim] = field(default_factory=list)
     cell_overrides: list[CellOverride] = field(default_factory=list)
     curves: dict[str, Any] | None = None
+    rate: RateSpec | None = None
     notes: str = ""
 
     def cells(self) -> list[tuple[str, str]]:
@@ -142,6 +154,7 @@ def _parse_table(tid: str, raw: dict[str, Any], where: str) -> TableSpec:
         "claims",
         "cell_overrides",
         "curves",
+        "rate",
         "notes",
     }
     _only_keys(raw, allowed, where)
@@ -158,6 +171,10 @@ def _parse_table(tid: str, raw: dict[str, Any], where: str) -> TableSpec:
         if not item.source:
             raise ValueError(f"{where}: reported value for ({item.row}, {item.column}) has no source")
     claims = [_parse_claim(item, rows, columns, where) for item in raw.get("claims") or []]
+    rate = _parse_rate(raw["rate"], rows, columns, f"{where}.rate") if raw.get("rate") else None
+    for claim in claims:
+        if claim.kind == "slope" and rate is None:
+            raise ValueError(f"{where}: slope claim {claim.id!r} needs a `rate` section in its table")
     cell_overrides = [
         CellOverride(item["row"], item["column"], item.get("scale"), dict(item["overrides"]))
         for item in raw.get("cell_overrides") or []
@@ -176,6 +193,7 @@ def _parse_table(tid: str, raw: dict[str, Any], where: str) -> TableSpec:
         claims=claims,
         cell_overrides=cell_overrides,
         curves=raw.get("curves"),
+        rate=rate,
         notes=raw.get("notes", ""),
     )
 
@@ -198,6 +216,11 @@ def _parse_claim(raw: dict[str, Any], rows: dict, columns: dict, where: str) -> 
             "tolerance",
             "cells",
             "value",
+            "row",
+            "min",
+            "max",
+            "minuend",
+            "subtrahend",
         },
         where,
     )
@@ -213,13 +236,51 @@ def _parse_claim(raw: dict[str, Any], rows: dict, columns: dict, where: str) -> 
     for column in raw.get("columns") or []:
         if column not in columns:
             raise ValueError(f"{where}: claim {raw['id']!r} names unknown column {column!r}")
+    if raw["kind"] == "gap_greater" and (
+        not all(isinstance(raw.get(k), dict) for k in ("minuend", "subtrahend"))
+        or len(raw.get("columns") or []) != 2
+    ):
+        raise ValueError(
+            f"{where}: gap_greater claim {raw['id']!r} needs minuend and subtrahend rows and two columns"
+        )
+    if raw["kind"] == "slope":
+        if not isinstance(raw.get("row"), str):
+            raise ValueError(f"{where}: slope claim {raw['id']!r} needs `row`")
+        has_target = "target" in raw and "tolerance" in raw
+        if not (has_target or "min" in raw or "max" in raw):
+            raise ValueError(f"{where}: slope claim {raw['id']!r} needs target+tolerance, min or max")
     spec = {k: v for k, v in raw.items() if k not in ("id", "text", "kind", "scale", "metric")}
     return Claim(raw["id"], raw["text"], raw["kind"], raw.get("scale", "mini"), spec, raw.get("metric"))
 
 
 def _claim_refs(raw: dict[str, Any]) -> list[dict[str, Any]]:
-    refs = [raw[k] for k in ("left", "right", "cell") if isinstance(raw.get(k), dict)]
+    refs = [
+        raw[k] for k in ("left", "right", "cell", "minuend", "subtrahend") if isinstance(raw.get(k), dict)
+    ]
+    if isinstance(raw.get("row"), str):
+        refs.append({"row": raw["row"]})
     return refs + list(raw.get("cells") or [])
+
+
+def _parse_rate(raw: dict[str, Any], rows: dict, columns: dict, where: str) -> RateSpec:
+    _only_keys(raw, {"x", "xlabel", "theory", "theory_label"}, where)
+    x = {str(k): float(v) for k, v in raw["x"].items()}
+    if set(x) != set(columns):
+        raise ValueError(f"{where}.x must give a positive number for every column {list(columns)}")
+    if any(v <= 0 for v in x.values()):
+        raise ValueError(f"{where}.x values must be positive (they are plotted on a log axis)")
+    theory = raw.get("theory") or {}
+    if not isinstance(theory, dict):
+        theory = dict.fromkeys(rows, theory)
+    unknown = set(theory) - set(rows)
+    if unknown:
+        raise ValueError(f"{where}.theory names unknown rows {sorted(unknown)}")
+    return RateSpec(
+        x=x,
+        xlabel=str(raw.get("xlabel", "n")),
+        theory={str(k): float(v) for k, v in theory.items()},
+        theory_label=str(raw.get("theory_label", "theorem")),
+    )
 
 
 def _only_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:

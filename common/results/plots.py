@@ -16,6 +16,13 @@ from common.results.aggregate import TableResult  # noqa: E402
 
 def plot_table(result: TableResult, path: Path) -> None:
     spec = result.spec
+    if spec.rate is not None:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        _plot_rates(result, ax)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
     rows, columns = list(spec.rows), list(spec.columns)
     has_curves = bool(spec.curves)
     fig, axes = plt.subplots(1, 2 if has_curves else 1, figsize=(11 if has_curves else 7, 3.8), squeeze=False)
@@ -78,3 +85,40 @@ def _plot_curves(result: TableResult, ax: plt.Axes) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+
+
+def _plot_rates(result: TableResult, ax: plt.Axes) -> None:
+    """Mean ± std against x on log-log axes, with the theorem's slope drawn through each row's fitted line."""
+    spec, rate = result.spec, result.spec.rate
+    columns = sorted(rate.x, key=rate.x.get)
+    for row in spec.rows:
+        stats = [result.stats(row, c) for c in columns]
+        points = [(rate.x[c], s) for c, s in zip(columns, stats, strict=True) if s.n and s.mean > 0]
+        if not points:
+            continue
+        xs = np.asarray([x for x, _ in points])
+        means = np.asarray([s.mean for _, s in points])
+        stds = np.asarray([s.std for _, s in points])
+        slope = result.slope(row)
+        label = f"{row} (fit {slope.mean:.2f})" if slope.n else row
+        line = ax.errorbar(xs, means, yerr=stds, marker="o", capsize=2, label=label)
+        theory = rate.theory.get(row)
+        if theory is not None and len(xs) >= 2:
+            # Anchor the theorem's power law at the geometric centre of the measured points.
+            centre_x, centre_y = np.exp(np.log(xs).mean()), np.exp(np.log(means).mean())
+            ax.plot(
+                xs,
+                centre_y * (xs / centre_x) ** theory,
+                linestyle="--",
+                color=line.lines[0].get_color(),
+                alpha=0.7,
+                label=f"{row} ({rate.theory_label} {theory:g})",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(rate.xlabel)
+    ax.set_ylabel(spec.metric_label)
+    ax.set_title(f"{spec.id} ({result.scale}): {spec.title}", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")

@@ -142,3 +142,42 @@ def test_ece_errors() -> None:
         expected_calibration_error(torch.rand(4, 2), torch.zeros(4, dtype=torch.long), n_bins=0)
     with pytest.raises(ValueError):
         expected_calibration_error(torch.rand(4, 2), torch.full((4,), 2))
+
+
+def test_clustering_accuracy_by_hand_and_permutation_invariance() -> None:
+    from common.eval.metrics import clustering_accuracy, hungarian_match
+
+    targets = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    clusters = np.array([5, 5, 7, 7, 7, 9, 9, 5])  # best map: 5->0, 7->1, 9->2
+    assert hungarian_match(clusters, targets) == {5: 0, 7: 1, 9: 2}
+    assert clustering_accuracy(clusters, targets) == pytest.approx(100 * 6 / 8)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, 300)
+    relabelled = rng.permutation(6)[labels]
+    assert clustering_accuracy(relabelled, labels) == 100.0
+    # More clusters than classes: the unmatched cluster's members count as errors.
+    assert clustering_accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 1])) == 75.0
+
+
+def test_multilabel_map_matches_sklearn() -> None:
+    from sklearn.metrics import average_precision_score
+
+    from common.eval.metrics import multilabel_average_precision
+
+    rng = np.random.default_rng(1)
+    targets = (rng.random((200, 6)) < 0.3).astype(int)
+    targets[:, 5] = 0  # a class without positives is left out of the mean
+    scores = rng.normal(size=(200, 6)) + 1.5 * targets
+    expected = np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in range(5)])
+    assert multilabel_average_precision(scores, targets) == pytest.approx(100 * expected, rel=1e-5)
+    with pytest.raises(ValueError, match="0/1"):
+        multilabel_average_precision(scores, targets - 1)
+
+
+def test_detection_scores_by_hand() -> None:
+    from common.eval.metrics import detection_scores
+
+    out = detection_scores([1, 1, 0, 0, 1], [1, 0, 0, 1, 1])
+    assert out["precision"] == pytest.approx(200 / 3) and out["recall"] == pytest.approx(200 / 3)
+    assert out["f1"] == pytest.approx(200 / 3)
+    assert detection_scores([0, 0], [1, 0]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}

@@ -143,3 +143,95 @@ def test_failed_runs_are_excluded_and_marked():
     assert result.stats("A", "x").n == 3
     markdown = to_markdown(result)
     assert "92.00 ± 2.00 (1 failed) / 91 ± 0.5" in markdown and "Paper numbers: paper Table 1." in markdown
+
+
+def _rate_result(exponents: dict[str, float]) -> TableResult:
+    """Errors that follow err = 3 * n^slope exactly, with a seed-dependent constant factor."""
+    from common.results.paper_spec import RateSpec
+
+    sizes = {"n=10": 10.0, "n=100": 100.0, "n=1000": 1000.0}
+    spec = TableSpec(
+        id="rates",
+        title="rates",
+        experiment="toy/rates",
+        metric="excess_risk",
+        metric_label="excess risk",
+        rows={row: {"method": row} for row in exponents},
+        columns={c: {"n": x} for c, x in sizes.items()},
+        rate=RateSpec(x=sizes, xlabel="n", theory={"A": -0.5}),
+    )
+    records = [
+        RunRecord(
+            "toy",
+            "rates",
+            "mini",
+            seed,
+            {"row": row, "column": column},
+            "complete",
+            "h",
+            metrics={"excess_risk": (3.0 + seed) * x**slope},
+        )
+        for row, slope in exponents.items()
+        for column, x in sizes.items()
+        for seed in range(3)
+    ]
+    return TableResult(spec, "mini", records)
+
+
+def test_rate_table_fits_loglog_slope_per_seed(tmp_path):
+    from common.results.aggregate import write_csv
+    from common.results.plots import plot_table
+
+    result = _rate_result({"A": -0.5, "B": -1.0})
+    slope = result.slope("A")
+    assert slope.n == 3 and slope.mean == pytest.approx(-0.5) and slope.std == pytest.approx(0.0, abs=1e-9)
+    assert result.slope("B").mean == pytest.approx(-1.0)
+    text = to_markdown(result)
+    assert "log-log slope (fit)" in text and "-0.50 ± 0.00" in text and "| -0.5 |" in text
+    write_csv(result, tmp_path / "rates.csv")
+    assert "log-log slope" in (tmp_path / "rates.csv").read_text()
+    plot_table(result, tmp_path / "rates.png")
+    assert (tmp_path / "rates.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"row": "A", "target": -0.5, "tolerance": 0.05}, HELD),
+        ({"row": "B", "target": -0.5, "tolerance": 0.05}, FAILED),
+        ({"row": "B", "max": -0.9}, HELD),
+        ({"row": "A", "min": -0.4}, FAILED),
+    ],
+)
+def test_slope_claims(spec, expected):
+    result = _rate_result({"A": -0.5, "B": -1.0})
+    assert evaluate_claim(Claim("s", "text", "slope", "mini", spec), result).status == expected
+
+
+def test_rate_section_is_validated():
+    from common.results.paper_spec import _parse_table
+
+    base = {
+        "title": "t",
+        "experiment": "e",
+        "metric": "m",
+        "rows": {"A": {}},
+        "columns": {"c1": {}, "c2": {}},
+    }
+    with pytest.raises(ValueError, match="every column"):
+        _parse_table("t", {**base, "rate": {"x": {"c1": 1}}}, "here")
+    with pytest.raises(ValueError, match="needs a `rate`"):
+        _parse_table(
+            "t", {**base, "claims": [{"id": "s", "text": "t", "kind": "slope", "row": "A", "max": 0}]}, "h"
+        )
+    table = _parse_table("t", {**base, "rate": {"x": {"c1": 1, "c2": 10}, "theory": -0.5}}, "here")
+    assert table.rate.theory == {"A": -0.5}
+
+
+def test_gap_greater_claim():
+    result = TableResult(_spec(), "mini", _records(VALUES))
+    # A - B: +11 at x, -1 at y.
+    spec = {"minuend": {"row": "A"}, "subtrahend": {"row": "B"}, "columns": ["x", "y"], "margin": 5}
+    assert evaluate_claim(Claim("g", "t", "gap_greater", "mini", spec), result).status == HELD
+    spec = {**spec, "columns": ["y", "x"]}
+    assert evaluate_claim(Claim("g", "t", "gap_greater", "mini", spec), result).status == FAILED
