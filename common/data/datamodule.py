@@ -159,11 +159,13 @@ class ClassificationDataModule(L.LightningDataModule):
         noise_sparsity: float = 0.0,
         noise_include_true_class: bool = False,
         imbalance_ratio: float | None = None,
+        long_tail_max_per_class: int | None = None,
         batch_size: int = 128,
         eval_batch_size: int = 1024,
         test_fraction: float = 0.3,
         source_kwargs: dict[str, Any] | None = None,
         hub_id: str | None = None,
+        hub_name: str | None = None,
         image_key: str = "img",
         label_key: str = "label",
         test_split: str = "test",
@@ -183,9 +185,10 @@ class ClassificationDataModule(L.LightningDataModule):
         self.noise_type, self.noise_rate = noise_type, noise_rate
         self.noise_map, self.noise_sparsity = noise_map, noise_sparsity
         self.noise_include_true_class = noise_include_true_class
-        self.imbalance_ratio = imbalance_ratio
+        self.imbalance_ratio, self.long_tail_max_per_class = imbalance_ratio, long_tail_max_per_class
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.test_fraction, self.source_kwargs = test_fraction, dict(source_kwargs or {})
+        self.hub_name = hub_name  # a dataset configuration, e.g. SVHN's "cropped_digits"
         self.hub_id, self.image_key, self.label_key, self.test_split = (
             hub_id,
             image_key,
@@ -224,7 +227,11 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.imbalance_ratio is None or self.imbalance_ratio == 1:
             return np.arange(len(labels))
         return corruptions.make_long_tailed(
-            labels, self.imbalance_ratio, seed=self.split_seed, num_classes=self.num_classes
+            labels,
+            self.imbalance_ratio,
+            seed=self.split_seed,
+            num_classes=self.num_classes,
+            max_per_class=self.long_tail_max_per_class,
         )
 
     def _setup_arrays(self, data: ArrayData) -> None:
@@ -253,7 +260,8 @@ class ClassificationDataModule(L.LightningDataModule):
 
         if not self.hub_id:
             raise UserError("data.source=hub needs data.hub_id (a HuggingFace dataset id)")
-        dataset = load_hub_dataset(self.hub_id, cache_dir=self.cache_dir)
+        extra = {"name": self.hub_name} if self.hub_name else {}
+        dataset = load_hub_dataset(self.hub_id, cache_dir=self.cache_dir, **extra)
         train, test = dataset["train"], dataset[self.test_split]
         self.num_classes = self._declared_num_classes or train.features[self.label_key].num_classes
         self.input_shape = (3, self.image_size, self.image_size)
