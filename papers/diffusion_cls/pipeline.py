@@ -1,0 +1,293 @@
+"""Frozen diffusion features + a trained head (`method=diffusion_cls_probe`).
+
+One run: (1) the U-Net: the hub checkpoint (paper scale), a DDPM trained here on the unlabeled training
+images (mini scale; cached per seed), or the same architecture at random initialisation (baseline);
+(2) features of one block at one diffusion step t for the training and test splits (cached); (3) a head
+trained on the training features and scored on the test split. With ``select`` set, (t, block) is chosen
+among a grid by the accuracy on a held-out part of the training split, then the head is refit on the whole
+training split: the "best (t, b)" of the paper without choosing it on the test set.
+
+Caches live under ``<runtime.output_root>/cache/diffusion_cls/`` and are keyed by everything that decides
+their content (model and data configs, seed, batch limits), so the cells of a table share one DDPM per
+seed and one feature extraction per (seed, t)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from common.errors import UserError
+from common.lit import Pipeline, RunContext
+from common.registry import register_method
+from papers.diffusion_cls.ddpm import DDPMModule
+from papers.diffusion_cls.heads import HEADS, Standardize, build_head, head_accuracy, train_head
+from papers.diffusion_cls.unet import build_scheduler, build_unet, noised_block_features, prepare_inputs
+
+log = logging.getLogger("pnu.diffusion_cls")
+
+WEIGHTS = ("diffusion", "random_init")
+# Bump when extraction or DDPM training changes, so old cache files are not reused.
+_CACHE_VERSION = 1
+
+
+@register_method("diffusion_cls_probe")
+class DiffusionFeatureProbe(Pipeline):
+    """Head on the pooled output of U-Net block ``block`` at diffusion step ``timestep``."""
+
+    def __init__(
+        self,
+        *,
+        weights: str = "diffusion",
+        timestep: int = 90,
+        block: str = "up_blocks.1",
+        pool_size: int = 2,
+        head: str = "linear",
+        head_params: dict[str, Any] | None = None,
+        head_training: dict[str, Any] | None = None,
+        head_configs: dict[str, dict[str, Any]] | None = None,
+        cache_blocks: list[str] | None = None,
+        select: dict[str, Any] | None = None,
+    ) -> None:
+        if weights not in WEIGHTS:
+            raise UserError(f"method.weights must be one of {WEIGHTS}, got {weights!r}")
+        if head not in HEADS:
+            raise UserError(f"method.head must be one of {HEADS}, got {head!r}")
+        if select is not None and not (select.get("timesteps") and select.get("blocks")):
+            raise UserError("method.select needs non-empty `timesteps` and `blocks` lists")
+        self.weights, self.timestep, self.block = weights, int(timestep), str(block)
+        # A head's entry in head_configs overrides the generic pool size, parameters and schedule.
+        preset = dict((head_configs or {}).get(head) or {})
+        self.pool_size, self.head = int(preset.get("pool_size", pool_size)), head
+        self.head_params = {**(head_params or {}), **(preset.get("head_params") or {})}
+        self.head_training = {**(head_training or {}), **(preset.get("head_training") or {})}
+        self.cache_blocks = list(cache_blocks or [])
+        self.select = dict(select) if select is not None else None
+
+    # ---- the run --------------------------------------------------------------------------------------
+    def run(self, context: RunContext) -> dict[str, float]:
+        cfg = context.cfg
+        # Smoke runs that cap Lightning's batches (`trainer.limit_train_batches`, unset in real runs) also cap
+        # the head's epochs at `trainer.max_epochs`, as a Lightning fit would.
+        self._smoke_cap: dict[str, int] = {}
+        if OmegaConf.select(cfg, "trainer.limit_train_batches", default=None) is not None:
+            cap = int(cfg.trainer.max_epochs)
+            self._smoke_cap = {"epochs": min(int(self.head_training.get("epochs", cap)), cap)}
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        seed = int(cfg.seed)
+        cache = Path(cfg.runtime.output_root) / "cache" / "diffusion_cls"
+        device = _device(cfg)
+        unet, unet_key = self._unet(context, model_cfg, seed, cache, device)
+        scheduler = build_scheduler(model_cfg)
+        extractor = _Extractor(context, model_cfg, unet, unet_key, scheduler, seed, cache, device)
+        num_classes = int(context.datamodule.num_classes)
+        metrics: dict[str, float] = {}
+        if self.select is None:
+            timestep, block = self.timestep, self.block
+        else:
+            timestep, block, val_acc = self._select(extractor, num_classes, seed)
+            metrics |= {"selected/timestep": float(timestep), "selected/val_acc": val_acc,
+                        "selected/block_index": float(list(self.select["blocks"]).index(block))}  # fmt: skip
+        train_x, train_y, test_x, test_y = extractor.features(timestep, block, self.pool_size, self._blocks())
+        head = self._fit(train_x, train_y, num_classes, seed, device)
+        metrics["test/acc"] = head_accuracy(head, test_x.to(device), test_y)
+        metrics["train/acc"] = head_accuracy(head, train_x.to(device), train_y)
+        metrics["feature_dim"] = float(train_x[0].numel())
+        context.extra["unet_weights"] = extractor.weights_description
+        context.extra["timestep"], context.extra["block"] = int(timestep), str(block)
+        return metrics
+
+    def _blocks(self) -> list[str]:
+        return list(dict.fromkeys([self.block, *self.cache_blocks]))
+
+    def _fit(
+        self, x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int, device: torch.device
+    ) -> Any:
+        # Seed the head's initialisation here: whether the U-Net came from a cache must not change it.
+        torch.manual_seed(_derive_seed(seed, "head"))
+        head = build_head(self.head, tuple(x.shape[1:]), num_classes, **self.head_params)
+        model = torch.nn.Sequential(Standardize(x), head).to(device)
+        return train_head(model, x.to(device), y, seed=seed, **{**self.head_training, **self._smoke_cap})
+
+    def _select(self, extractor: _Extractor, num_classes: int, seed: int) -> tuple[int, str, float]:
+        assert self.select is not None
+        blocks = [str(b) for b in self.select["blocks"]]
+        fraction = float(self.select.get("val_fraction", 0.2))
+        best: tuple[float, int, str] | None = None
+        for timestep in [int(t) for t in self.select["timesteps"]]:
+            for block in blocks:
+                x, y, _, _ = extractor.features(timestep, block, self.pool_size, blocks)
+                order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+                n_val = max(1, int(round(fraction * len(y))))
+                val, fit = order[:n_val], order[n_val:]
+                head = self._fit(x[fit], y[fit], num_classes, seed, extractor.device)
+                acc = head_accuracy(head, x[val].to(extractor.device), y[val])
+                if best is None or acc > best[0]:
+                    best = (acc, timestep, block)
+        assert best is not None
+        log.info("selected t=%d, block %s (validation accuracy %.2f)", best[1], best[2], best[0])
+        return best[1], best[2], best[0]
+
+    # ---- the U-Net --------------------------------------------------------------------------------------
+    def _unet(
+        self, context: RunContext, model_cfg: dict[str, Any], seed: int, cache: Path, device: torch.device
+    ) -> tuple[torch.nn.Module, str]:
+        source = getattr(context.datamodule, "source", None)
+        pretrained = bool(model_cfg.get("pretrained")) and self.weights == "diffusion"
+        if pretrained and source == "random":
+            log.warning(
+                "data.source=random: building %s without its pretrained weights", model_cfg["pretrained"]
+            )
+            pretrained = False
+        train_steps = int((model_cfg.get("ddpm_training") or {}).get("steps", 0))
+        trains = self.weights == "diffusion" and not model_cfg.get("pretrained") and train_steps > 0
+        key = _hash(
+            "unet", model_cfg, self.weights, pretrained, seed if not pretrained else None,
+            getattr(context.datamodule, "split_hash", None), _limit(context.cfg, "limit_train_batches"),
+        )  # fmt: skip
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_derive_seed(seed, "unet"))
+            unet = build_unet(model_cfg, load_pretrained=pretrained)
+        if trains:
+            path = cache / f"ddpm_{key}.pt"
+            if path.exists():
+                unet.load_state_dict(torch.load(path, map_location="cpu"))
+            else:
+                self._train_ddpm(context, unet, model_cfg, seed)
+                _save_atomically(path, unet.state_dict())
+        unet.requires_grad_(False).eval().to(device)
+        return unet, f"{key}:{'pretrained' if pretrained else 'trained' if trains else 'random'}"
+
+    @staticmethod
+    def _train_ddpm(context: RunContext, unet: torch.nn.Module, model_cfg: dict[str, Any], seed: int) -> None:
+        settings = dict(model_cfg["ddpm_training"])
+        module = DDPMModule(
+            unet, build_scheduler(model_cfg), sample_size=int(model_cfg["unet"]["sample_size"]),
+            input_scale=float(model_cfg.get("input_scale", 1.0)),
+            input_shift=float(model_cfg.get("input_shift", 0.0)),
+            lr=float(settings.get("lr", 2e-3)), weight_decay=float(settings.get("weight_decay", 0.0)),
+        )  # fmt: skip
+        trainer = context.make_trainer(
+            max_steps=int(settings["steps"]), max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_derive_seed(seed, "ddpm"))
+            trainer.fit(module, train_dataloaders=context.datamodule.train_dataloader())
+        unet.cpu()
+        if module.losses:
+            context.curves["ddpm/loss"] = module.losses[:: max(1, len(module.losses) // 200)]
+
+
+class _Extractor:
+    """Pooled block features of the run's U-Net for the training and test splits, cached on disk."""
+
+    def __init__(
+        self,
+        context: RunContext,
+        model_cfg: dict[str, Any],
+        unet: torch.nn.Module,
+        unet_key: str,
+        scheduler: Any,
+        seed: int,
+        cache: Path,
+        device: torch.device,
+    ) -> None:
+        self.context, self.model_cfg, self.unet, self.unet_key = context, model_cfg, unet, unet_key
+        self.scheduler, self.seed, self.cache, self.device = scheduler, seed, cache, device
+        self.weights_description = unet_key.split(":")[-1]
+        self._memory: dict[str, tuple[torch.Tensor, ...]] = {}
+
+    def features(
+        self, timestep: int, block: str, pool_size: int, also: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(train_x, train_y, test_x, test_y) for one block; a miss extracts every block of ``also`` too."""
+        path = self._path(timestep, block, pool_size)
+        if path.name in self._memory:
+            return self._memory[path.name]  # type: ignore[return-value]
+        if not path.exists():
+            self._extract(timestep, list(dict.fromkeys([block, *also])), pool_size)
+        stored = torch.load(path, map_location="cpu")
+        result = (stored["train_x"].float(), stored["train_y"], stored["test_x"].float(), stored["test_y"])
+        self._memory[path.name] = result
+        return result
+
+    def _path(self, timestep: int, block: str, pool_size: int) -> Path:
+        key = _hash("features", self.unet_key, timestep, block, pool_size, self.seed,
+                    _limit(self.context.cfg, "limit_val_batches"))  # fmt: skip
+        return self.cache / f"features_{key}.pt"
+
+    def _extract(self, timestep: int, blocks: list[str], pool_size: int) -> None:
+        datamodule, cfg = self.context.datamodule, self.context.cfg
+        splits: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}
+        for split, dataset, train, limit_key in (
+            ("train", datamodule.train_dataset(), True, "limit_train_batches"),
+            ("test", datamodule.test_dataset(), False, "limit_val_batches"),
+        ):
+            loader = datamodule.loader(dataset, shuffle=False, train=train)
+            labels: list[torch.Tensor] = []
+            batches = _take(loader, _limit(cfg, limit_key), labels, self.model_cfg)
+            generator = torch.Generator().manual_seed(_derive_seed(self.seed, f"noise:{split}:{timestep}"))
+            feats = noised_block_features(
+                self.unet, self.scheduler, batches, timestep=timestep, blocks=blocks, pool_size=pool_size,
+                generator=generator, device=self.device,
+            )  # fmt: skip
+            splits[split] = (feats, torch.cat(labels))
+        for block in blocks:
+            stored = {
+                "train_x": splits["train"][0][block], "train_y": splits["train"][1],
+                "test_x": splits["test"][0][block], "test_y": splits["test"][1],
+            }  # fmt: skip
+            _save_atomically(self._path(timestep, block, pool_size), stored)
+
+
+def _take(loader: Any, limit: int | float, labels: list[torch.Tensor], model_cfg: dict[str, Any]) -> Any:
+    """Prepared input batches of ``loader`` (the first ``limit`` batches, or that fraction), collecting the
+    clean labels into ``labels``."""
+    total = len(loader)
+    if isinstance(limit, float):  # Lightning's convention: a float is a fraction, an int a batch count
+        count = total if limit >= 1.0 else max(1, int(limit * total))
+    else:
+        count = min(int(limit), total)
+    sample_size = int(model_cfg["unet"]["sample_size"])
+    scale, shift = float(model_cfg.get("input_scale", 1.0)), float(model_cfg.get("input_shift", 0.0))
+    for index, batch in enumerate(loader):
+        if index >= count:
+            break
+        labels.append(batch["y_clean"].long())
+        yield prepare_inputs(batch["x"].float(), sample_size, scale, shift)
+
+
+def _device(cfg: Any) -> torch.device:
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _limit(cfg: Any, key: str) -> int | float:
+    value = OmegaConf.select(cfg, f"trainer.{key}", default=None)
+    return 1.0 if value is None else value
+
+
+def _derive_seed(seed: int, purpose: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little")
+
+
+def _hash(*parts: Any) -> str:
+    text = json.dumps([_CACHE_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _save_atomically(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt")
+    os.close(handle)
+    torch.save(value, tmp)
+    os.replace(tmp, path)

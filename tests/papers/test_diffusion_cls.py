@@ -1,0 +1,104 @@
+"""Diffusion-feature classification (diffusion_cls): the forward process, block hooks, heads, and a tiny run
+through the harness."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from common.run import execute
+from papers.diffusion_cls.heads import build_head, head_accuracy, train_head
+from papers.diffusion_cls.unet import noised_block_features, prepare_inputs, resolve_block
+from tests.conftest import compose
+
+TINY_UNET = dict(
+    sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    norm_num_groups=4,
+)  # fmt: skip
+
+
+def test_forward_process_matches_the_closed_form():
+    # Linear betas 1e-4..0.02 over T = 1000 (guided-diffusion --noise_schedule linear), computed by hand.
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
+    )
+    t = 90
+    betas = [1e-4 + (0.02 - 1e-4) * i / 999 for i in range(t + 1)]
+    alpha_bar = math.prod(1 - b for b in betas)
+    x0, eps = torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), -1.0)
+    x_t = scheduler.add_noise(x0, eps, torch.tensor([t]))
+    expected = math.sqrt(alpha_bar) * 0.5 - math.sqrt(1 - alpha_bar)
+    assert torch.allclose(x_t, torch.full_like(x_t, expected), atol=1e-5)
+    assert 0.90 < math.sqrt(alpha_bar) < 0.97  # t = 90 keeps most of the signal
+
+
+def test_block_paths_and_pooled_hook_outputs():
+    torch.manual_seed(0)
+    unet = UNet2DModel(**TINY_UNET).eval()
+    assert resolve_block(unet, "up_blocks.-1") is unet.up_blocks[1]
+    assert resolve_block(unet, "mid_block") is unet.mid_block
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    x = prepare_inputs(torch.rand(5, 1, 4, 4), 8, 2.0, -1.0)
+    assert x.shape == (5, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
+    blocks = ["down_blocks.0", "mid_block", "up_blocks.-1"]
+    feats = noised_block_features(unet, scheduler, [x[:3], x[3:]], timestep=90, blocks=blocks, pool_size=2,
+                                  generator=torch.Generator().manual_seed(1))  # fmt: skip
+    # down_blocks.0 (8 channels) downsamples 8x8 -> 4x4; the middle block works at 4x4 with 16 channels
+    assert feats["down_blocks.0"].shape == (5, 8, 2, 2)
+    assert feats["mid_block"].shape == (5, 16, 2, 2)
+    assert feats["up_blocks.-1"].shape == (5, 8, 2, 2)
+    # Same as a manual forward with the same noise and an explicit average pool of the hooked block.
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    steps = torch.full((5,), 90)
+    captured = {}
+    handle = unet.mid_block.register_forward_hook(lambda m, i, o: captured.setdefault("mid", o))
+    with torch.no_grad():
+        unet(scheduler.add_noise(x, noise, steps), steps)
+    handle.remove()
+    manual = torch.nn.functional.avg_pool2d(captured["mid"], 2)
+    assert torch.allclose(feats["mid_block"], manual, atol=1e-5)
+
+
+def test_heads_shapes_and_gradients_match_autograd_of_a_plain_linear_model():
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 4, 2, 2), torch.randint(0, 3, (12,))
+    for kind, params in (("linear", {}), ("mlp", {"hidden": 8}), ("cnn", {"hidden": 8}),
+                         ("attention", {"dim": 8, "num_heads": 2, "mlp_ratio": 2, "depth": 1})):  # fmt: skip
+        assert build_head(kind, (4, 2, 2), 3, **params)(x).shape == (12, 3)
+    head = build_head("linear", (4, 2, 2), 3)
+    loss = torch.nn.functional.cross_entropy(head(x), y)
+    loss.backward()
+    weight, bias = head[1].weight.detach(), head[1].bias.detach()
+    probs = torch.softmax(x.flatten(1) @ weight.T + bias, dim=1)
+    grad_logits = (probs - torch.nn.functional.one_hot(y, 3)) / len(y)  # d CE / d logits, batch mean
+    assert torch.allclose(head[1].weight.grad, grad_logits.T @ x.flatten(1), atol=1e-6)
+    assert torch.allclose(head[1].bias.grad, grad_logits.sum(0), atol=1e-6)
+
+
+def test_train_head_separates_separable_features():
+    torch.manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.nn.functional.one_hot(y, 3).float().view(60, 3, 1, 1) * 4 + 0.1 * torch.randn(60, 3, 1, 1)
+    head = train_head(build_head("linear", (3, 1, 1), 3), x, y, epochs=30, batch_size=16, optimizer="sgd",
+                      lr=0.5, lr_step=10, lr_gamma=0.5)  # fmt: skip
+    assert head_accuracy(head, x, y) == 100.0
+
+
+def test_runs_through_the_harness_with_ddpm_stage_and_selection(output_root: Path):
+    common = ["scale=mini", "model.ddpm_training.steps=3", "method.head_training.epochs=2",
+              "runtime.progress=false", "logger=none", f"runtime.output_root={output_root}"]  # fmt: skip
+    record = execute(compose(["experiment=diffusion_cls/t_block", "method.timestep=90", *common]))
+    assert record.complete, record.reason
+    assert 0 <= record.metrics["test/acc"] <= 100 and record.metrics["feature_dim"] == 32 * 4
+    assert record.extra["unet_weights"] == "trained" and len(record.curves["ddpm/loss"]) == 3
+    assert len(list((output_root / "cache" / "diffusion_cls").glob("ddpm_*.pt"))) == 1
+    selected = execute(compose(["experiment=diffusion_cls/best_feature", "method.weights=random_init",
+                                "method.select.timesteps=[10,900]", "method.select.blocks=[mid_block]",
+                                *common]))  # fmt: skip
+    assert selected.complete, selected.reason
+    assert selected.metrics["selected/timestep"] in (10.0, 900.0)
+    assert selected.extra["unet_weights"] == "random"
