@@ -1,7 +1,7 @@
 # PNU-Repro. Two commands do everything on a fresh machine with Python >= 3.11 and make:
 #   make reproduce PAPER=ucl      (tables, plots and claims of one paper, mini scale, CPU, minutes)
 #   make test
-# Options: make reproduce PAPER=<key> TABLE=<id> SCALE=mini|paper SEEDS=3|11,12,13 LAUNCHER=local|submitit_local|slurm
+# Options: make reproduce PAPER=<key> TABLE=<id> SCALE=mini|paper SEEDS=3|11,12,13 (default: the paper's `seeds`, else 3) LAUNCHER=local|submitit_local|slurm
 #          LOGGER=csv|wandb|none OVERRIDES="trainer.max_epochs=5 ..." (every run)
 #          HYDRA_ARGS="hydra.launcher.partition=gpu ..." (the launcher) ARGS="force=true columns=[sym-40%]" (reproduce)
 
@@ -13,7 +13,7 @@ INSTALLED := $(VENV)/.installed
 PAPER ?= ucl
 TABLE ?=
 SCALE ?= mini
-SEEDS ?= 3
+SEEDS ?=
 LAUNCHER ?= local
 LOGGER ?=
 ARGS ?=
@@ -24,7 +24,7 @@ BENCH_ARGS ?=
 
 comma := ,
 space := $(eval) $(eval)
-seeds_arg = $(if $(findstring $(comma),$(SEEDS)),seeds=[$(SEEDS)],seeds=$(SEEDS))
+seeds_arg = $(if $(strip $(SEEDS)),$(if $(findstring $(comma),$(SEEDS)),seeds=[$(SEEDS)],seeds=$(SEEDS)))
 # "a=1 b=2" -> "name=['a=1','b=2']" (Hydra needs list items that contain '=' quoted)
 list_arg = $(if $(strip $(2)),"$(1)=[$(subst $(space),$(comma),$(foreach x,$(strip $(2)),'$(x)'))]")
 

@@ -101,6 +101,7 @@ class PaperSpec:
     venue: str | None
     code: str | None
     tables: dict[str, TableSpec]
+    seeds: int | list[int] | None = None  # default seeds of `make reproduce` for this paper
 
     def tables_at(self, scale: str, only: str | None = None) -> list[TableSpec]:
         if only is not None and only not in self.tables:
@@ -133,11 +134,17 @@ def load_paper(key: str, config_dir: Path = CONFIG_DIR) -> PaperSpec:
 
 
 def _parse_paper(key: str, raw: dict[str, Any], where: str) -> PaperSpec:
-    _only_keys(raw, {"key", "title", "arxiv", "venue", "code", "tables", "notes"}, where)
+    _only_keys(raw, {"key", "title", "arxiv", "venue", "code", "tables", "notes", "seeds"}, where)
     if raw.get("key", key) != key:
         raise ValueError(f"key {raw['key']!r} differs from the file name {key!r}")
     tables = {tid: _parse_table(tid, spec, f"{where}: tables.{tid}") for tid, spec in raw["tables"].items()}
-    return PaperSpec(key, raw["title"], raw.get("arxiv"), raw.get("venue"), raw.get("code"), tables)
+    seeds = raw.get("seeds")
+    if seeds is not None and not (
+        (isinstance(seeds, int) and seeds > 0)
+        or (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds))
+    ):
+        raise ValueError(f"seeds must be a positive count or a list of seeds, got {seeds!r}")
+    return PaperSpec(key, raw["title"], raw.get("arxiv"), raw.get("venue"), raw.get("code"), tables, seeds)
 
 
 def _parse_table(tid: str, raw: dict[str, Any], where: str) -> TableSpec:

@@ -235,3 +235,14 @@ def test_gap_greater_claim():
     assert evaluate_claim(Claim("g", "t", "gap_greater", "mini", spec), result).status == HELD
     spec = {**spec, "columns": ["y", "x"]}
     assert evaluate_claim(Claim("g", "t", "gap_greater", "mini", spec), result).status == FAILED
+
+
+def test_paper_default_seeds_are_parsed_and_validated():
+    from common.reproduce import DEFAULT_SEEDS, parse_seeds
+    from common.results.paper_spec import _parse_paper, load_paper
+
+    assert load_paper("provable_pretrain").seeds == 10 and load_paper("elr").seeds is None
+    assert parse_seeds(load_paper("elr").seeds or DEFAULT_SEEDS) == [0, 1, 2]
+    table = {"title": "t", "experiment": "e", "metric": "m", "rows": {"A": {}}, "columns": {"c": {}}}
+    with pytest.raises(ValueError, match="seeds"):
+        _parse_paper("toy", {"title": "toy", "tables": {"t": table}, "seeds": 0}, "here")
