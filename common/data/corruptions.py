@@ -10,6 +10,7 @@ Protocols:
     Liu et al. (ELR) NeurIPS 2020 for the CIFAR-10 class map;
   * instance-dependent noise: Xia et al. NeurIPS 2020, "Part-dependent label noise", Alg. 2;
   * noise matrices from a trace: Northcutt et al. (Confident Learning) JAIR 2021;
+  * frequency-proportional noise on long-tailed data: Wei et al. (RoLT) 2021, `noise_mode='imb'`;
   * long tail: Cui et al. CVPR 2019; Cao et al. (LDAM) NeurIPS 2019;
   * PU masking: the SCAR assumption (Elkan & Noto KDD 2008; Kiryo et al. nnPU NeurIPS 2017);
   * class mismatch in semi-supervised splits: Oliver et al. NeurIPS 2018.
@@ -28,6 +29,7 @@ __all__ = [
     "PUSplit",
     "class_counts_long_tailed",
     "inject_class_conditional_noise",
+    "inject_frequency_proportional_noise",
     "inject_instance_noise",
     "inject_pair_noise",
     "inject_symmetric_noise",
@@ -127,6 +129,32 @@ def inject_symmetric_noise(
         noisy[idx] = rng.integers(0, k, size=m)
     else:
         noisy[idx] = (y[idx] + rng.integers(1, k, size=m)) % k
+    return noisy
+
+
+def inject_frequency_proportional_noise(
+    labels: np.ndarray, noise_rate: float, num_classes: int, *, seed: int
+) -> np.ndarray:
+    """Label noise that favours frequent classes, for long-tailed data (RoLT, Wei et al. 2021).
+
+    Exactly ``round(noise_rate * n)`` uniformly chosen examples get a label ``j != y`` drawn with
+    probability proportional to ``n_j``, the size of class ``j`` in ``labels``: P(y~ = j | y = k) is
+    proportional to n_j for j != k, so the head classes receive most flips. Examples of a class that is the
+    only populated one keep their label (there is nowhere to flip to).
+    """
+    k = _check_num_classes(num_classes)
+    y = _check_labels(labels, k)
+    rate = _check_rate(noise_rate, "noise_rate")
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    noisy = y.copy()
+    flipped = rng.choice(y.size, size=_round_half_up(rate * y.size), replace=False)
+    for source in np.unique(y[flipped]):
+        members = flipped[y[flipped] == source]
+        weights = counts.copy()
+        weights[source] = 0.0
+        if weights.sum() > 0:
+            noisy[members] = rng.choice(k, size=members.size, p=weights / weights.sum())
     return noisy
 
 

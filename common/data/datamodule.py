@@ -28,6 +28,7 @@ NOISE_TYPES = (
     "asymmetric_cifar100",
     "instance",
     "class_conditional",
+    "frequency_proportional",
 )
 # CIFAR-100 asymmetric protocol: each class flips to the next one within its block of 5 consecutive classes.
 CIFAR100_ASYMMETRIC_MAP = tuple((i // 5) * 5 + (i + 1) % 5 for i in range(100))
@@ -129,6 +130,8 @@ def corrupt_labels(
         return corruptions.inject_pair_noise(
             labels, noise_rate, num_classes, seed=seed, mapping=CIFAR100_ASYMMETRIC_MAP
         )
+    if noise_type == "frequency_proportional":
+        return corruptions.inject_frequency_proportional_noise(labels, noise_rate, num_classes, seed=seed)
     if noise_type == "instance":
         flat = features.reshape(len(features), -1)
         return corruptions.inject_instance_noise(flat, labels, noise_rate, num_classes, seed=seed)

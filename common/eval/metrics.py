@@ -192,16 +192,29 @@ def expected_calibration_error(
     return 100.0 * float(ece)
 
 
-def hungarian_match(clusters: Any, targets: Any) -> dict[int, int]:
-    """The one-to-one map cluster -> class with the most agreements (clusters without a class stay out)."""
+def hungarian_match(clusters: Any, targets: Any, num_classes: int | None = None) -> dict[int, int]:
+    """The one-to-one map cluster -> class with the most agreements (Hungarian).
+
+    Without ``num_classes``, clusters left without a class stay out of the map. With it, ids must lie in
+    ``[0, num_classes)`` and the map is completed into a permutation of ``range(num_classes)``: ids never
+    matched (never predicted, or matched to nothing) take the unused classes in increasing order, which is
+    what permuting a per-class estimate (e.g. a K x D matrix) needs."""
     c = _targets(clusters).cpu().numpy()
     t = _targets(targets, len(c)).cpu().numpy()
+    if num_classes is not None:
+        k = int(num_classes)
+        if k < 1 or (c.size and (c.min() < 0 or c.max() >= k or t.min() < 0 or t.max() >= k)):
+            raise ValueError(f"with num_classes={num_classes}, clusters and targets must lie in [0, {k}).")
     cluster_ids, c_idx = np.unique(c, return_inverse=True)
     class_ids, t_idx = np.unique(t, return_inverse=True)
     table = np.zeros((cluster_ids.size, class_ids.size), dtype=np.int64)
     np.add.at(table, (c_idx, t_idx), 1)
     rows, cols = linear_sum_assignment(table, maximize=True)
-    return {int(cluster_ids[r]): int(class_ids[k]) for r, k in zip(rows, cols, strict=True)}
+    mapping = {int(cluster_ids[r]): int(class_ids[col]) for r, col in zip(rows, cols, strict=True)}
+    if num_classes is None:
+        return mapping
+    free = iter(sorted(set(range(k)) - set(mapping.values())))
+    return {cluster: mapping[cluster] if cluster in mapping else next(free) for cluster in range(k)}
 
 
 def clustering_accuracy(clusters: Any, targets: Any) -> float:

@@ -81,11 +81,10 @@ def domain_adjust(p_y_given_x: np.ndarray, p_y_given_d: np.ndarray, domains: np.
 
 
 def full_matching(predicted: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
-    """perm[c] = the true class matched to predicted class c: the Hungarian matching of
-    `common.eval.metrics.hungarian_match`, completed in order for classes never predicted or never true."""
-    mapping = hungarian_match(predicted, targets)
-    free = [k for k in range(num_classes) if k not in mapping.values()]
-    return np.array([mapping[c] if c in mapping else free.pop(0) for c in range(num_classes)])
+    """perm[c] = the true class matched to predicted class c: the Hungarian matching completed into a
+    permutation of the classes (`common.eval.metrics.hungarian_match` with ``num_classes``)."""
+    mapping = hungarian_match(predicted, targets, num_classes=num_classes)
+    return np.array([mapping[c] for c in range(num_classes)])
 
 
 def evaluate(

@@ -11,7 +11,6 @@ from papers.rcal.calibration import (
 )
 from papers.rcal.data import RCALMultiViewDataModule
 from papers.rcal.module import IndividualCalibrationModule, mixup_cross_entropy, representation_distance
-from papers.rcal.noise import inject_frequency_proportional_noise
 from papers.rcal.pipeline import RCALPipeline, train_linear_head
 
 __all__ = [
@@ -22,7 +21,6 @@ __all__ = [
     "calibrate_tail",
     "class_balanced_weights",
     "class_gaussians",
-    "inject_frequency_proportional_noise",
     "lof_inliers",
     "mixup_cross_entropy",
     "representation_distance",

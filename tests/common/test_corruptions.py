@@ -13,6 +13,7 @@ from common.data.corruptions import (
     PUSplit,
     class_counts_long_tailed,
     inject_class_conditional_noise,
+    inject_frequency_proportional_noise,
     inject_instance_noise,
     inject_pair_noise,
     inject_symmetric_noise,
@@ -315,3 +316,35 @@ def test_instance_noise_does_not_mutate() -> None:
 def test_clear_errors(labels: np.ndarray, call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call(labels)
+
+
+def test_frequency_proportional_noise_counts_and_targets() -> None:
+    labels = np.repeat(np.arange(3), [600, 300, 100])
+    noisy = inject_frequency_proportional_noise(labels, 0.3, 3, seed=0)
+    flipped = noisy != labels
+    assert flipped.sum() == 300  # exactly round(0.3 * 1000)
+    assert np.array_equal(labels, np.repeat(np.arange(3), [600, 300, 100]))  # input untouched
+    # From class 2 (tail), targets 0 and 1 in ratio n_0 : n_1 = 2 : 1; from class 0, 1 and 2 as 3 : 1.
+    big = np.repeat(np.arange(3), [6000, 3000, 1000])
+    noisy_big = inject_frequency_proportional_noise(big, 0.5, 3, seed=1)
+    from_tail = noisy_big[(big == 2) & (noisy_big != big)]
+    assert abs(np.mean(from_tail == 0) - 2 / 3) < 0.05
+    from_head = noisy_big[(big == 0) & (noisy_big != big)]
+    assert abs(np.mean(from_head == 1) - 3 / 4) < 0.03
+    assert np.array_equal(noisy, inject_frequency_proportional_noise(labels, 0.3, 3, seed=0))
+
+
+def test_frequency_proportional_noise_through_the_datamodule_and_edge_cases() -> None:
+    from common.data.datamodule import NOISE_TYPES, corrupt_labels
+
+    assert "frequency_proportional" in NOISE_TYPES
+    labels = np.repeat(np.arange(4), [50, 30, 15, 5])
+    via_module = corrupt_labels(
+        labels, num_classes=4, noise_type="frequency_proportional", noise_rate=0.2, seed=3
+    )
+    assert np.array_equal(via_module, inject_frequency_proportional_noise(labels, 0.2, 4, seed=3))
+    # A single populated class has nowhere to flip to; an empty class never receives a flip.
+    assert (inject_frequency_proportional_noise(np.zeros(10, np.int64), 0.5, 3, seed=0) == 0).all()
+    assert not np.any(inject_frequency_proportional_noise(np.repeat([0, 1], 20), 0.5, 3, seed=0) == 2)
+    with pytest.raises(ValueError, match="noise_rate"):
+        inject_frequency_proportional_noise(labels, 1.0, 4, seed=0)

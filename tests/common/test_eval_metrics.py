@@ -159,6 +159,20 @@ def test_clustering_accuracy_by_hand_and_permutation_invariance() -> None:
     assert clustering_accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 1])) == 75.0
 
 
+def test_hungarian_match_completes_a_permutation_with_num_classes() -> None:
+    from common.eval.metrics import hungarian_match
+
+    # cluster 3 never predicted, class 0 never true; 1 and 2 both best at class 1 -> 1->1 (3 votes), 2->2.
+    clusters = np.array([1, 1, 1, 2, 2, 0])
+    targets = np.array([1, 1, 1, 1, 2, 3])
+    assert hungarian_match(clusters, targets) == {1: 1, 2: 2, 0: 3}
+    assert hungarian_match(clusters, targets, num_classes=4) == {0: 3, 1: 1, 2: 2, 3: 0}
+    perm = hungarian_match(np.array([2, 2, 0]), np.array([0, 0, 1]), num_classes=5)
+    assert sorted(perm.values()) == list(range(5)) and perm[2] == 0 and perm[0] == 1
+    with pytest.raises(ValueError, match="num_classes"):
+        hungarian_match(np.array([0, 5]), np.array([0, 1]), num_classes=3)
+
+
 def test_multilabel_map_matches_sklearn() -> None:
     from sklearn.metrics import average_precision_score
 

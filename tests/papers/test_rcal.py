@@ -1,4 +1,4 @@
-"""RCAL: frequency-proportional noise, the distributional-calibration steps against hand-computed values and
+"""RCAL: the distributional-calibration steps against hand-computed values and
 scikit-learn, the individual-calibration loss against autograd of an independent implementation, and a
 smoke run of every row through the harness."""
 
@@ -19,29 +19,12 @@ from papers.rcal import (
     calibrate_tail,
     class_balanced_weights,
     class_gaussians,
-    inject_frequency_proportional_noise,
     lof_inliers,
     mixup_cross_entropy,
     representation_distance,
     sample_to_balance,
 )
 from tests.conftest import compose
-
-
-def test_frequency_proportional_noise_counts_and_targets():
-    labels = np.repeat(np.arange(3), [600, 300, 100])
-    noisy = inject_frequency_proportional_noise(labels, 0.3, 3, seed=0)
-    flipped = noisy != labels
-    assert flipped.sum() == 300  # exactly round(0.3 * 1000)
-    assert np.array_equal(labels, np.repeat(np.arange(3), [600, 300, 100]))  # input untouched
-    # From class 2 (tail), targets 0 and 1 in ratio n_0 : n_1 = 2 : 1; from class 0, 1 and 2 as 3 : 1.
-    big = np.repeat(np.arange(3), [6000, 3000, 1000])
-    noisy_big = inject_frequency_proportional_noise(big, 0.5, 3, seed=1)
-    from_tail = noisy_big[(big == 2) & (noisy_big != big)]
-    assert abs(np.mean(from_tail == 0) - 2 / 3) < 0.05
-    from_head = noisy_big[(big == 0) & (noisy_big != big)]
-    assert abs(np.mean(from_head == 1) - 3 / 4) < 0.03
-    assert np.array_equal(noisy, inject_frequency_proportional_noise(labels, 0.3, 3, seed=0))
 
 
 def test_lof_drops_a_far_point_and_keeps_small_classes():
