@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +17,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import OmegaConf
 
 from common.lit.pipeline import RunContext
+from common.results.cache import atomic_write
 
 log = logging.getLogger("pnu.cross_val")
 
@@ -117,15 +116,10 @@ def _load(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
 
 
 def _save_atomically(probs: np.ndarray, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    """Readers never see a partial file (`common.results.cache.atomic_write`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
             np.save(handle, probs, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -15,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from common.results.cache import atomic_write
 
 RECORD_NAME = "result.json"
 STATUS_COMPLETE, STATUS_FAILED = "complete", "failed"
@@ -76,19 +76,8 @@ def config_hash(cfg: DictConfig) -> str:
 
 def write_record(record: RunRecord, run_dir: Path) -> Path:
     """Write `result.json` atomically: a temporary file in the same folder, then a rename."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / RECORD_NAME
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".result.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(asdict(record), handle, indent=2, sort_keys=True, allow_nan=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    text = json.dumps(asdict(record), indent=2, sort_keys=True, allow_nan=True)
+    return atomic_write(run_dir / RECORD_NAME, lambda tmp: tmp.write_text(text))
 
 
 def read_record(run_dir: Path) -> RunRecord | None:

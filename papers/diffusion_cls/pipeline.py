@@ -14,10 +14,7 @@ seed and one feature extraction per (seed, t)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from omegaconf import OmegaConf
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
+from common.results.cache import cache_dir, cache_key, save_torch
 from papers.diffusion_cls.ddpm import DDPMModule
 from papers.diffusion_cls.heads import HEADS, Standardize, build_head, head_accuracy, train_head
 from papers.diffusion_cls.unet import build_scheduler, build_unet, noised_block_features, prepare_inputs
@@ -82,7 +80,7 @@ class DiffusionFeatureProbe(Pipeline):
             self._smoke_cap = {"epochs": min(int(self.head_training.get("epochs", cap)), cap)}
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         seed = int(cfg.seed)
-        cache = Path(cfg.runtime.output_root) / "cache" / "diffusion_cls"
+        cache = cache_dir(cfg, "diffusion_cls")
         device = _device(cfg)
         unet, unet_key = self._unet(context, model_cfg, seed, cache, device)
         scheduler = build_scheduler(model_cfg)
@@ -148,8 +146,8 @@ class DiffusionFeatureProbe(Pipeline):
             pretrained = False
         train_steps = int((model_cfg.get("ddpm_training") or {}).get("steps", 0))
         trains = self.weights == "diffusion" and not model_cfg.get("pretrained") and train_steps > 0
-        key = _hash(
-            "unet", model_cfg, self.weights, pretrained, seed if not pretrained else None,
+        key = cache_key(
+            _CACHE_VERSION, "unet", model_cfg, self.weights, pretrained, seed if not pretrained else None,
             getattr(context.datamodule, "split_hash", None), _limit(context.cfg, "limit_train_batches"),
         )  # fmt: skip
         with torch.random.fork_rng(devices=[]):
@@ -161,7 +159,7 @@ class DiffusionFeatureProbe(Pipeline):
                 unet.load_state_dict(torch.load(path, map_location="cpu"))
             else:
                 self._train_ddpm(context, unet, model_cfg, seed)
-                _save_atomically(path, unet.state_dict())
+                save_torch(path, unet.state_dict())
         unet.requires_grad_(False).eval().to(device)
         return unet, f"{key}:{'pretrained' if pretrained else 'trained' if trains else 'random'}"
 
@@ -219,8 +217,8 @@ class _Extractor:
         return result
 
     def _path(self, timestep: int, block: str, pool_size: int) -> Path:
-        key = _hash("features", self.unet_key, timestep, block, pool_size, self.seed,
-                    _limit(self.context.cfg, "limit_val_batches"))  # fmt: skip
+        key = cache_key(_CACHE_VERSION, "features", self.unet_key, timestep, block, pool_size, self.seed,
+                        _limit(self.context.cfg, "limit_val_batches"))  # fmt: skip
         return self.cache / f"features_{key}.pt"
 
     def _extract(self, timestep: int, blocks: list[str], pool_size: int) -> None:
@@ -244,7 +242,7 @@ class _Extractor:
                 "train_x": splits["train"][0][block], "train_y": splits["train"][1],
                 "test_x": splits["test"][0][block], "test_y": splits["test"][1],
             }  # fmt: skip
-            _save_atomically(self._path(timestep, block, pool_size), stored)
+            save_torch(self._path(timestep, block, pool_size), stored)
 
 
 def _take(loader: Any, limit: int | float, labels: list[torch.Tensor], model_cfg: dict[str, Any]) -> Any:
@@ -278,16 +276,3 @@ def _limit(cfg: Any, key: str) -> int | float:
 
 def _derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little")
-
-
-def _hash(*parts: Any) -> str:
-    text = json.dumps([_CACHE_VERSION, *parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _save_atomically(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt")
-    os.close(handle)
-    torch.save(value, tmp)
-    os.replace(tmp, path)

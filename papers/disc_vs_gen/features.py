@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from omegaconf import OmegaConf
 
 from common.experiment import build_backbone_for
 from common.lit.pipeline import RunContext
+from common.results.cache import atomic_write
 
 log = logging.getLogger("pnu.disc_vs_gen")
 
@@ -137,9 +136,9 @@ def extract_features(
 
 
 def _save_atomically(path: Path, features: FeatureSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(handle)
-    np.savez(tmp, train_x=features.train_x, train_y=features.train_y, test_x=features.test_x,
-             test_y=features.test_y, pretrained=features.pretrained)  # fmt: skip
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as stream:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez(stream, train_x=features.train_x, train_y=features.train_y, test_x=features.test_x,
+                     test_y=features.test_y, pretrained=features.pretrained)  # fmt: skip
+
+    atomic_write(path, write)

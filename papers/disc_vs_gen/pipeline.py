@@ -14,11 +14,7 @@ and the scaling table reuse them; cached and fresh results are identical (every 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,7 @@ from threadpoolctl import threadpool_limits
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
+from common.results.cache import cache_dir, cache_key, read_json, write_json
 from papers.disc_vs_gen.classifiers import LOGISTIC_REGRESSION, NAIVE_BAYES, make_classifier
 from papers.disc_vs_gen.features import extract_features, feature_cache_key
 from papers.disc_vs_gen.simulation import (
@@ -67,15 +64,15 @@ class LinearClassifierPipeline(Pipeline):
         protocol = OmegaConf.select(context.cfg, "protocol", default=None)
         if protocol is None or protocol.get("kind") not in PROTOCOLS:
             raise UserError(f"{self.classifier} runs need protocol.kind in {PROTOCOLS} (set by the table)")
-        cache_dir = Path(context.cfg.runtime.output_root) / "cache" / "disc_vs_gen"
+        cache_root = cache_dir(context.cfg, "disc_vs_gen")
         # One BLAS thread at mini scale: L-BFGS on a loaded 2-core machine is ~10x slower with more.
         threads = context.cfg.runtime.get("num_threads")
         with threadpool_limits(limits=int(threads) if threads else None):
             if protocol.kind == "learning_curve":
-                return self._learning_curve(context, protocol, cache_dir)
+                return self._learning_curve(context, protocol, cache_root)
             if protocol.kind == "scaling":
-                return self._scaling(context, protocol, cache_dir)
-            return self._linear_eval(context, protocol, cache_dir)
+                return self._scaling(context, protocol, cache_root)
+            return self._linear_eval(context, protocol, cache_root)
 
     # ---- simulation ------------------------------------------------------------------------------------
     def _simulation_data(self, context: RunContext) -> GaussianSimulationDataModule:
@@ -84,7 +81,7 @@ class LinearClassifierPipeline(Pipeline):
         return context.datamodule
 
     def _curve(
-        self, datamodule: GaussianSimulationDataModule, protocol: DictConfig, seed: int, cache_dir: Path
+        self, datamodule: GaussianSimulationDataModule, protocol: DictConfig, seed: int, cache_root: Path
     ) -> LearningCurve:
         settings = {
             "grid": str(protocol.grid),
@@ -93,17 +90,21 @@ class LinearClassifierPipeline(Pipeline):
             "tolerance": float(protocol.tolerance),
             "max_samples_per_feature": float(protocol.max_samples_per_feature),
         }
-        key = _cache_key("curve", self.classifier, self.params, datamodule.params(), settings, seed)
-        cached = _read_json(cache_dir / f"curve_{key}.json")
+        key = cache_key(
+            _CACHE_VERSION, "curve", self.classifier, self.params, datamodule.params(), settings, seed
+        )
+        cached = read_json(cache_root / f"curve_{key}.json")
         if cached is not None:
             return LearningCurve(**cached)
         curve = learning_curve(datamodule, self.make_estimator, seed=seed, **settings)
-        _write_json(cache_dir / f"curve_{key}.json", curve.to_dict())
+        write_json(cache_root / f"curve_{key}.json", curve.to_dict())
         return curve
 
-    def _learning_curve(self, context: RunContext, protocol: DictConfig, cache_dir: Path) -> dict[str, float]:
+    def _learning_curve(
+        self, context: RunContext, protocol: DictConfig, cache_root: Path
+    ) -> dict[str, float]:
         datamodule = self._simulation_data(context)
-        curve = self._curve(datamodule, protocol, int(context.cfg.seed), cache_dir)
+        curve = self._curve(datamodule, protocol, int(context.cfg.seed), cache_root)
         context.curves = {
             "test/err": [100 * e for e in curve.errors],
             "train_size": list(map(float, curve.sizes)),
@@ -119,13 +120,13 @@ class LinearClassifierPipeline(Pipeline):
             "fit/not_converged_fraction": curve.not_converged / max(curve.fits, 1),
         }
 
-    def _scaling(self, context: RunContext, protocol: DictConfig, cache_dir: Path) -> dict[str, float]:
+    def _scaling(self, context: RunContext, protocol: DictConfig, cache_root: Path) -> dict[str, float]:
         template = self._simulation_data(context)
         dims = [int(d) for d in protocol.dims]
         metrics: dict[str, float] = {}
         samples, reached = [], []
         for dim in dims:
-            curve = self._curve(template.with_num_features(dim), protocol, int(context.cfg.seed), cache_dir)
+            curve = self._curve(template.with_num_features(dim), protocol, int(context.cfg.seed), cache_root)
             samples.append(curve.samples_to_asymptote)
             reached.append(curve.reached)
             metrics[f"samples_to_asymptote/n={dim}"] = float(curve.samples_to_asymptote)
@@ -136,13 +137,13 @@ class LinearClassifierPipeline(Pipeline):
         return metrics
 
     # ---- frozen features -------------------------------------------------------------------------------
-    def _linear_eval(self, context: RunContext, protocol: DictConfig, cache_dir: Path) -> dict[str, float]:
+    def _linear_eval(self, context: RunContext, protocol: DictConfig, cache_root: Path) -> dict[str, float]:
         input_size = protocol.get("input_size")
         precision = str(protocol.get("feature_precision", "32-true"))
-        features = extract_features(context, input_size=input_size, precision=precision, cache_dir=cache_dir)
+        features = extract_features(context, input_size=input_size, precision=precision, cache_dir=cache_root)
         context.extra["pretrained_weights"] = features.pretrained
         minmax = bool(protocol.get("minmax", True))
-        full = self._full_data_error(context, features, minmax, input_size, precision, cache_dir)
+        full = self._full_data_error(context, features, minmax, input_size, precision, cache_root)
         per_class = protocol.get("samples_per_class")
         num_pool = len(features.train_y)
         size = (
@@ -185,16 +186,16 @@ class LinearClassifierPipeline(Pipeline):
         minmax: bool,
         input_size: int | None,
         precision: str,
-        cache_dir: Path,
+        cache_root: Path,
     ) -> float:
         feature_key = feature_cache_key(context, input_size, precision)
-        key = _cache_key("full", self.classifier, self.params, feature_key, minmax, 0)
-        path = cache_dir / f"full_{key}.json"
-        cached = _read_json(path)
+        key = cache_key(_CACHE_VERSION, "full", self.classifier, self.params, feature_key, minmax, 0)
+        path = cache_root / f"full_{key}.json"
+        cached = read_json(path)
         if cached is not None:
             return float(cached["error"])
         error, _ = self._fit_score(features, np.arange(len(features.train_y)), minmax)
-        _write_json(path, {"error": error})
+        write_json(path, {"error": error})
         return error
 
 
@@ -224,23 +225,3 @@ def _subset_with_every_class(
         if len(np.unique(labels[index])) == len(classes):
             return index
     raise RuntimeError(f"no random subset of {size} examples contained every class in 10000 draws")
-
-
-def _cache_key(*parts: Any) -> str:
-    text = json.dumps([_CACHE_VERSION, *parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(value, stream)
-    os.replace(tmp, path)

@@ -15,12 +15,7 @@ decides them, so the accuracy and the p(y|d) tables of one setting share their r
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +27,7 @@ from common.errors import UserError
 from common.experiment import build_backbone_for
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
+from common.results.cache import cache_dir, cache_key, read_json, write_json
 from papers.lls import ddfa
 from papers.lls.data import LatentShiftDataModule
 from papers.lls.discriminator import DomainDiscriminator
@@ -55,7 +51,8 @@ class LatentShiftPipeline(Pipeline):
         if not isinstance(datamodule, LatentShiftDataModule):
             raise UserError(f"{self.name} needs latent-label-shift data (datamodule: lls_latent_shift)")
         cfg = context.cfg
-        key = _cache_key(
+        key = cache_key(
+            _CACHE_VERSION,
             self.name,
             self.params,
             datamodule.split_hash,
@@ -65,15 +62,15 @@ class LatentShiftPipeline(Pipeline):
             OmegaConf.to_container(cfg.trainer, resolve=True),
             int(cfg.seed),
         )
-        path = Path(cfg.runtime.output_root) / "cache" / "lls" / f"{self.name}_{key}.json"
-        cached = _read_json(path)
+        path = cache_dir(cfg, "lls") / f"{self.name}_{key}.json"
+        cached = read_json(path)
         if cached is not None:
             context.curves = cached["curves"]
             return cached["metrics"]
         metrics = self.compute(context, datamodule)
         metrics["data/condition_number"] = datamodule.condition_number
         metrics["data/num_train"] = float(datamodule.num_train)
-        _write_json(path, {"metrics": metrics, "curves": context.curves})
+        write_json(path, {"metrics": metrics, "curves": context.curves})
         return metrics
 
     def compute(self, context: RunContext, datamodule: LatentShiftDataModule) -> dict[str, float]:
@@ -192,23 +189,3 @@ def _flat_inputs(datamodule: LatentShiftDataModule) -> tuple[np.ndarray, np.ndar
     fit_x = np.concatenate([flat("valid"), flat("train")])
     fit_domains = np.concatenate([splits["valid"].domains, splits["train"].domains])
     return fit_x, fit_domains, flat("test")
-
-
-def _cache_key(*parts: Any) -> str:
-    text = json.dumps([_CACHE_VERSION, *parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(payload, stream)
-    os.replace(tmp, path)

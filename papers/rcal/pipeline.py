@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -39,6 +37,7 @@ from common.eval import extract_features
 from common.eval.metrics import balanced_accuracy, shot_group_accuracy, top_k_accuracy
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
+from common.results.cache import cache_dir, cache_key, save_torch
 from papers.rcal.calibration import (
     calibrate_tail,
     class_balanced_weights,
@@ -180,15 +179,14 @@ class RCALPipeline(Pipeline):
             "pretrain": self.pretrain,
             "seed": int(cfg.seed),
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return cache_key(payload)
 
     def pretrain_encoder(self, context: RunContext) -> tuple[nn.Module, dict[str, float]]:
         """The stage-1 encoder (backbone, no classifier) and its last-epoch loss, cached or trained."""
         module = context.make_module(self.pretrain)
         path = None
         if self.cache:
-            root = Path(context.cfg.runtime.output_root) / "cache" / "rcal"
-            path = root / f"encoder_{self.encoder_cache_key(context)}.pt"
+            path = cache_dir(context.cfg, "rcal") / f"encoder_{self.encoder_cache_key(context)}.pt"
             if path.exists():
                 try:
                     saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -206,10 +204,7 @@ class RCALPipeline(Pipeline):
         context.curves["stage1/loss"] = module.curves["train/loss"]
         backbone = module.backbone.cpu()
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"backbone": backbone.state_dict(), "metrics": metrics}, tmp)
-            tmp.replace(path)
+            save_torch(path, {"backbone": backbone.state_dict(), "metrics": metrics})
         return backbone, metrics
 
     # ---- the run -------------------------------------------------------------------------------------------

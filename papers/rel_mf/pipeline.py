@@ -15,11 +15,6 @@ identical (every draw is seeded).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +27,7 @@ from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.lit.recommender import ImplicitFeedbackDataModule
 from common.registry import register_method
+from common.results.cache import cache_dir, cache_key, read_json, write_json
 from papers.rel_mf.module import NaiveMF, OracleMF, PointwiseMF, RelMF, WeightedMF
 
 SAMPLINGS = ("balanced", "uniform")
@@ -94,11 +90,11 @@ class RecommenderPipeline(Pipeline):
         if protocol is None or protocol.get("sampling") not in SAMPLINGS:
             raise UserError(f"Rel-MF runs need protocol.sampling in {SAMPLINGS} (set by the table)")
         report = protocol.get("report")
-        cache = Path(cfg.runtime.output_root) / "cache" / "rel_mf" / f"{_training_key(cfg)}.json"
-        cached = _read_json(cache)
+        cache = cache_dir(cfg, "rel_mf") / f"{_training_key(cfg)}.json"
+        cached = read_json(cache)
         if cached is None:
             metrics, curves = self._train(context, protocol)
-            _write_json(cache, {"metrics": metrics, "curves": curves})
+            write_json(cache, {"metrics": metrics, "curves": curves})
         else:
             metrics, curves = cached["metrics"], cached["curves"]
         context.curves = curves
@@ -182,20 +178,4 @@ def _training_key(cfg: Any) -> str:
     for key in _NOT_TRAINING:
         config.pop(key, None)
     config.get("protocol", {}).pop("report", None)
-    text = json.dumps([_CACHE_VERSION, config], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(value, stream)
-    os.replace(tmp, path)
+    return cache_key(_CACHE_VERSION, config, length=20)

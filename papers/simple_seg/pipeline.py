@@ -21,12 +21,7 @@ share their common stages; cached and fresh results are identical.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -39,8 +34,9 @@ from torchmetrics.functional.segmentation import dice_score
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
+from common.results.cache import cache_dir, cache_key, load_torch, save_torch
 from papers.simple_seg.data import LesionSegmentationDataModule
-from papers.simple_seg.module import STAT_KEYS, SegmentationStage, epochs_for_steps
+from papers.simple_seg.module import SegmentationStage, epochs_for_steps
 from papers.simple_seg.unet import SegUNet
 
 log = logging.getLogger("pnu.simple_seg")
@@ -134,7 +130,7 @@ class SimPLePipeline(Pipeline):
         self.device = torch.device(
             "cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else "cpu"
         )
-        self.cache_dir = Path(cfg.runtime.output_root) / "cache" / "simple_seg"
+        self.cache_dir = cache_dir(cfg, "simple_seg")
         base = {
             "version": _CACHE_VERSION,
             "data": data.params(),
@@ -213,10 +209,10 @@ class SimPLePipeline(Pipeline):
         self, key: dict[str, Any], targets: np.ndarray, init: SegUNet | None, stage: str
     ) -> tuple[SegUNet, dict[str, float], list[float]]:
         """Train one stage (or load it from the cache); returns the network, propagation stats, losses."""
-        digest = _digest(key)
+        digest = cache_key(key)
         path = self.cache_dir / f"{stage}_{digest}.pt"
         net = copy.deepcopy(init) if init is not None else None
-        cached = _load(path)
+        cached = load_torch(path, weights_only=False)
         if cached is not None:
             if net is None:
                 L.seed_everything(_stage_seed(key["seed"], stage), verbose=False)
@@ -273,31 +269,11 @@ class SimPLePipeline(Pipeline):
         trainer.fit(module, train_dataloaders=loader)
         net = module.net.cpu()
         stats = module.propagation_stats() if module.propagate else {}
-        _save(path, {"state_dict": net.state_dict(), "stats": stats, "losses": module.losses, "key": key})
+        save_torch(
+            path, {"state_dict": net.state_dict(), "stats": stats, "losses": module.losses, "key": key}
+        )
         return net, stats, module.losses
 
 
 def _stage_seed(seed: int, stage: str) -> int:
     return int(seed) * 100 + STAGES.index(stage) + 1
-
-
-def _digest(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, EOFError, RuntimeError):
-        return None
-
-
-def _save(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt")
-    os.close(handle)
-    torch.save(value, tmp)
-    os.replace(tmp, path)
-
-
-__all__ = ["STAT_KEYS", "SimPLePipeline", "dice_percent", "predict_masks"]

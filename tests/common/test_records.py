@@ -29,7 +29,7 @@ def test_failed_write_keeps_previous_record(tmp_path: Path, monkeypatch: pytest.
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("common.results.record.os.replace", explode)
+    monkeypatch.setattr("common.results.cache.os.replace", explode)
     with pytest.raises(OSError):
         write_record(_record("failed"), tmp_path)
     assert read_record(tmp_path).status == "complete"
