@@ -248,7 +248,7 @@ def print_results(tables: list[TableResult], claims: list[ClaimResult]) -> None:
         for row in spec.rows:
             cells = []
             for column in spec.columns:
-                text = result.stats(row, column).text()
+                text = result.stats(row, column).text(spec.digits)
                 reported = spec.reported_for(row, column)
                 if reported is not None:
                     text += f"\n[dim]paper {reported.value:g}[/dim]"

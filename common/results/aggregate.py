@@ -115,14 +115,14 @@ def to_markdown(result: TableResult) -> str:
     for row in spec.rows:
         cells = []
         for column in spec.columns:
-            ours = result.stats(row, column).text()
+            ours = result.stats(row, column).text(spec.digits)
             if result.failed(row, column):
                 ours += f" ({len(result.failed(row, column))} failed)"
             paper = _reported_text(spec, row, column)
             cells.append(f"{ours} / {paper}" if paper else ours)
         if rate:
             theory = rate.theory.get(row)
-            cells += [result.slope(row).text(), "" if theory is None else f"{theory:g}"]
+            cells += [result.slope(row).text(max(spec.digits, 2)), "" if theory is None else f"{theory:g}"]
         lines.append(f"| **{row}** | " + " | ".join(cells) + " |")
     sources = sorted({r.source for r in spec.reported})
     if sources:

@@ -24,8 +24,8 @@ def _label(ref: dict[str, Any]) -> str:
     return f"{ref['row']} @ {ref['column']}"
 
 
-def _describe(stats: CellStats) -> str:
-    return f"{stats.mean:.2f} ± {stats.std:.2f} (n={stats.n})" if stats.n else "no runs"
+def _describe(stats: CellStats, digits: int = 2) -> str:
+    return f"{stats.text(digits).removesuffix(' (n=1)')} (n={stats.n})" if stats.n else "no runs"
 
 
 def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> ClaimResult:
@@ -34,6 +34,7 @@ def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> Cla
         return ClaimResult(claim, result.spec.id, NOT_EVALUATED, f"claim is for scale {claim.scale}")
     metric = claim.metric or result.spec.metric
     spec = claim.spec
+    d = result.spec.digits
 
     def stats(ref: dict[str, Any]) -> CellStats:
         return result.stats(ref["row"], ref["column"], metric)
@@ -52,8 +53,8 @@ def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> Cla
             checks.append(
                 (
                     ok,
-                    f"{_label(left)} {_describe(a)} vs {_label(right)} {_describe(b)}: "
-                    f"difference {a.mean - b.mean:+.2f} (needs > {margin:g})",
+                    f"{_label(left)} {_describe(a, d)} vs {_label(right)} {_describe(b, d)}: "
+                    f"difference {a.mean - b.mean:+.{d}f} (needs > {margin:g})",
                 )
             )
     elif claim.kind == "within":
@@ -72,8 +73,8 @@ def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> Cla
         checks.append(
             (
                 abs(a.mean - float(target)) <= tolerance,
-                f"{_label(ref)} {_describe(a)} vs {float(target):g}: "
-                f"|diff| {abs(a.mean - float(target)):.2f} "
+                f"{_label(ref)} {_describe(a, d)} vs {float(target):g}: "
+                f"|diff| {abs(a.mean - float(target)):.{d}f} "
                 f"(needs <= {tolerance:g})",
             )
         )
@@ -82,7 +83,7 @@ def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> Cla
         refs += cells
         values = [stats(ref) for ref in cells]
         ok = all(x.mean > y.mean for x, y in zip(values, values[1:], strict=False))
-        chain = " > ".join(f"{_label(ref)} {_describe(v)}" for ref, v in zip(cells, values, strict=True))
+        chain = " > ".join(f"{_label(ref)} {_describe(v, d)}" for ref, v in zip(cells, values, strict=True))
         checks.append((ok, f"needs {chain}"))
     elif claim.kind in ("at_most", "at_least"):
         columns = spec.get("columns") or [None]
@@ -93,7 +94,7 @@ def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> Cla
             a = stats(ref)
             ok = a.mean <= bound if claim.kind == "at_most" else a.mean >= bound
             sign = "<=" if claim.kind == "at_most" else ">="
-            checks.append((ok, f"{_label(ref)} {_describe(a)} (needs {sign} {bound:g})"))
+            checks.append((ok, f"{_label(ref)} {_describe(a, d)} (needs {sign} {bound:g})"))
     elif claim.kind == "gap_greater":
         # (minuend - subtrahend) at the first column exceeds the same gap at the second: "the gain shrinks".
         margin = float(spec.get("margin", 0.0))
@@ -107,7 +108,7 @@ def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> Cla
         checks.append(
             (
                 a > b + margin,
-                f"{row_a} − {row_b}: {a:+.2f} @ {first} vs {b:+.2f} @ {second} "
+                f"{row_a} − {row_b}: {a:+.{d}f} @ {first} vs {b:+.{d}f} @ {second} "
                 f"(needs the first larger by > {margin:g})",
             )
         )
@@ -127,7 +128,7 @@ def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> Cla
         if "max" in spec:
             bounds.append((slope.mean <= float(spec["max"]), f"<= {float(spec['max']):g}"))
         needs = " and ".join(text for _, text in bounds)
-        detail = f"log-log slope of {row} {_describe(slope)} (needs {needs})"
+        detail = f"log-log slope of {row} {_describe(slope, max(d, 2))} (needs {needs})"
         checks.append((all(ok for ok, _ in bounds), detail))
     missing = [r for r in refs if stats(r).n < min_seeds]
     detail = "; ".join(text for _, text in checks)

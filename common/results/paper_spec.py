@@ -70,6 +70,7 @@ class TableSpec:
     curves: dict[str, Any] | None = None
     rate: RateSpec | None = None
     notes: str = ""
+    digits: int = 2
 
     def cells(self) -> list[tuple[str, str]]:
         return [(row, column) for row in self.rows for column in self.columns]
@@ -163,8 +164,12 @@ def _parse_table(tid: str, raw: dict[str, Any], where: str) -> TableSpec:
         "curves",
         "rate",
         "notes",
+        "digits",
     }
     _only_keys(raw, allowed, where)
+    digits = raw.get("digits", 2)
+    if not isinstance(digits, int) or isinstance(digits, bool) or not 0 <= digits <= 8:
+        raise ValueError(f"{where}.digits must be an integer from 0 to 8 (decimals shown), got {digits!r}")
     rows, columns = raw["rows"], raw["columns"]
     if not rows or not columns:
         raise ValueError(f"{where} needs at least one row and one column")
@@ -202,6 +207,7 @@ def _parse_table(tid: str, raw: dict[str, Any], where: str) -> TableSpec:
         curves=raw.get("curves"),
         rate=rate,
         notes=raw.get("notes", ""),
+        digits=digits,
     )
 
 

@@ -246,3 +246,21 @@ def test_paper_default_seeds_are_parsed_and_validated():
     table = {"title": "t", "experiment": "e", "metric": "m", "rows": {"A": {}}, "columns": {"c": {}}}
     with pytest.raises(ValueError, match="seeds"):
         _parse_paper("toy", {"title": "toy", "tables": {"t": table}, "seeds": 0}, "here")
+
+
+def test_table_digits_set_the_decimals_of_cells_and_claims():
+    from common.results.paper_spec import _parse_table
+
+    base = {"title": "t", "experiment": "e", "metric": "m", "rows": {"A": {}}, "columns": {"c": {}}}
+    assert _parse_table("t", base, "here").digits == 2
+    assert _parse_table("t", {**base, "digits": 4}, "here").digits == 4
+    for bad in (-1, 9, 2.5, True):
+        with pytest.raises(ValueError, match="digits"):
+            _parse_table("t", {**base, "digits": bad}, "here")
+    small = {("A", "x"): [0.0012, 0.0014], ("B", "x"): [0.0010, 0.0010]}
+    result = TableResult(_spec(digits=4), "mini", _records(small))
+    assert "| **A** | 0.0013 ± 0.0001 / 91 ± 0.5 |" in to_markdown(result)
+    spec = {"left": {"row": "A"}, "right": {"row": "B"}, "columns": ["x"]}
+    claim = Claim("g", "t", "greater", "mini", spec)
+    outcome = evaluate_claim(claim, result)
+    assert outcome.status == HELD and "difference +0.0003" in outcome.detail
