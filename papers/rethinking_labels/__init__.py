@@ -10,7 +10,6 @@ from papers.rethinking_labels.module import (
     RotationPretrainModule,
     balanced_rotations,
     rank_shot_thresholds,
-    warmup_step_lr,
 )
 from papers.rethinking_labels.pipeline import (
     SelfSupervisedPretrainPipeline,
@@ -29,5 +28,4 @@ __all__ = [
     "select_per_class",
     "transfer_backbone",
     "unlabeled_class_counts",
-    "warmup_step_lr",
 ]

@@ -18,26 +18,7 @@ from common.eval.metrics import balanced_accuracy, shot_group_accuracy
 from common.lit import ClassificationModule
 from common.registry import register_method
 
-__all__ = ["LongTailCEModule", "RotationPretrainModule", "rank_shot_thresholds", "warmup_step_lr"]
-
-
-def warmup_step_lr(
-    optimizer: torch.optim.Optimizer,
-    warmup_epochs: int = 5,
-    milestones: Sequence[int] = (160, 180),
-    gamma: float = 0.01,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """The official epoch schedule (utils.py ``adjust_learning_rate``): linear warm-up ``(e + 1) / warmup``
-    over the first ``warmup_epochs`` epochs, then x``gamma`` at each milestone (official: x0.01 from epoch
-    160, x0.0001 from 180 of 200)."""
-    warmup, steps = int(warmup_epochs), sorted(int(m) for m in milestones)
-
-    def factor(epoch: int) -> float:
-        if epoch < warmup:
-            return (epoch + 1) / warmup
-        return float(gamma) ** sum(epoch >= m for m in steps)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+__all__ = ["LongTailCEModule", "RotationPretrainModule", "rank_shot_thresholds"]
 
 
 def rank_shot_thresholds(train_class_counts: Sequence[int], group_size: int) -> tuple[int, int]:

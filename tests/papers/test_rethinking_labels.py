@@ -18,7 +18,6 @@ from papers.rethinking_labels import (
     select_per_class,
     transfer_backbone,
     unlabeled_class_counts,
-    warmup_step_lr,
 )
 from tests.conftest import compose
 
@@ -55,25 +54,6 @@ def test_select_per_class_draws_exact_counts_and_refuses_a_short_class():
     with pytest.raises(Exception, match="class 2 has 2 examples"):
         select_per_class(labels, [1, 1, 3], seed=0)
     assert np.bincount(labels[select_per_class(labels, [1, 1, 3], seed=0, cap=True)]).tolist() == [1, 1, 2]
-
-
-def test_warmup_step_schedule_matches_adjust_learning_rate():
-    def official(epoch: int, lr: float = 0.1) -> float:  # utils.py adjust_learning_rate, 0-based epoch
-        epoch = epoch + 1
-        if epoch <= 5:
-            return lr * epoch / 5
-        if epoch > 180:
-            return lr * 0.0001
-        if epoch > 160:
-            return lr * 0.01
-        return lr
-
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    scheduler = warmup_step_lr(opt, warmup_epochs=5, milestones=[160, 180], gamma=0.01)
-    for epoch in range(200):
-        assert opt.param_groups[0]["lr"] == pytest.approx(official(epoch)), epoch
-        opt.step()
-        scheduler.step()
 
 
 def test_rank_shot_thresholds_split_three_largest_and_smallest_classes():
