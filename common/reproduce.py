@@ -210,6 +210,9 @@ def write_results(
         plot_table(result, results_dir / f"{table.id}.png")
         claim_results += [evaluate_claim(c, result, min_seeds) for c in table.claims if c.scale == scale]
     (results_dir / "claims.md").write_text(claims_markdown(paper.title, scale, claim_results))
+    manifest_path = results_dir / "manifest.json"
+    previous = _read_manifest(manifest_path)
+    metric_of = {t.id: t.metric for t in tables}
     sha, dirty = git_state()
     manifest = {
         "paper": paper.key,
@@ -228,12 +231,61 @@ def write_results(
                 "overrides": r.overrides,
                 "status": r.record.status if r.record else "missing",
                 "wall_time_s": r.record.wall_time_s if r.record else None,
+                "value": r.record.metrics.get(metric_of[r.table]) if r.record else None,
             }
             for r in runs
         ],
     }
-    (results_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    if previous is not None:
+        _report_changed_values(changed_values(previous, manifest), previous)
     return table_results, claim_results
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def changed_values(
+    previous: dict[str, Any], current: dict[str, Any], rel_tol: float = 1e-9
+) -> list[tuple[tuple[str, str, str, int], float, float]]:
+    """Runs whose table metric differs from the previous manifest's at the same config hash: (key, old, new).
+
+    Same config, different number: the code or the environment changed since the previous results."""
+
+    def values(manifest: dict[str, Any]) -> dict[tuple[str, str, str, int], tuple[str, float]]:
+        out = {}
+        for run in manifest.get("runs", []):
+            if isinstance(run.get("value"), int | float):
+                key = (run["table"], run["row"], run["column"], int(run["seed"]))
+                out[key] = (run["config_hash"], float(run["value"]))
+        return out
+
+    before, after = values(previous), values(current)
+    changed = []
+    for key, (config, new) in after.items():
+        if key in before and before[key][0] == config:
+            old = before[key][1]
+            if abs(new - old) > rel_tol * max(1.0, abs(old)) and not (old != old and new != new):
+                changed.append((key, old, new))
+    return changed
+
+
+def _report_changed_values(
+    changed: list[tuple[tuple[str, str, str, int], float, float]], previous: dict[str, Any]
+) -> None:
+    if not changed:
+        return
+    key, old, new = max(changed, key=lambda item: abs(item[2] - item[1]))
+    when = f"generated {previous.get('generated_at', '?')}, git {str(previous.get('git_sha', '?'))[:8]}"
+    console.print(
+        f"[yellow]{len(changed)} run(s) measured a different value than the previous results in this "
+        f"folder ({when}) with the same config[/yellow]; largest change {old:g} -> {new:g} at "
+        f"{' / '.join(map(str, key))}. The code or the environment changed since: check the claims."
+    )
 
 
 def print_results(tables: list[TableResult], claims: list[ClaimResult]) -> None:

@@ -50,10 +50,15 @@ def test_submitit_local_sweep_writes_tables_and_reuses_records(tmp_path: Path):
     manifest = json.loads((results / "manifest.json").read_text())
     assert {(r["row"], r["seed"]) for r in manifest["runs"]} == {("CE", 0), ("CE", 1), ("ELR", 0), ("ELR", 1)}
     assert "ELR beats CE by at least 5 points" in (results / "claims.md").read_text()
+    assert all(isinstance(r["value"], float) for r in manifest["runs"])  # the table metric, per run
 
+    # A committed value that the same config no longer gives is reported (the code or environment changed).
+    manifest["runs"][0]["value"] += 1.0
+    (results / "manifest.json").write_text(json.dumps(manifest))
     started = time.perf_counter()
     second = _reproduce(tmp_path, "seeds=2", "launcher=submitit_local")
     assert second.returncode == 0 and "4 complete, 0 to run" in second.stdout
+    assert "1 run(s) measured a different value" in " ".join(second.stdout.split())
     assert time.perf_counter() - started < 30
     assert {p: r.started_at for p, r in _records(tmp_path).items()} == {
         p: r.started_at for p, r in records.items()

@@ -264,3 +264,27 @@ def test_table_digits_set_the_decimals_of_cells_and_claims():
     claim = Claim("g", "t", "greater", "mini", spec)
     outcome = evaluate_claim(claim, result)
     assert outcome.status == HELD and "difference +0.0003" in outcome.detail
+
+
+def test_changed_values_compare_runs_of_the_same_config_only():
+    from common.reproduce import changed_values
+
+    def manifest(*runs):
+        keys = ("table", "row", "column", "seed", "config_hash", "value")
+        return {"runs": [dict(zip(keys, run, strict=True)) for run in runs]}
+
+    before = manifest(
+        ("t", "A", "x", 0, "h1", 90.0),
+        ("t", "A", "x", 1, "h1", 91.0),
+        ("t", "B", "x", 0, "h2", 80.0),
+        ("t", "B", "y", 0, "h3", float("nan")),
+    )
+    after = manifest(
+        ("t", "A", "x", 0, "h1", 90.0),  # unchanged
+        ("t", "A", "x", 1, "h1", 91.5),  # same config, new number: reported
+        ("t", "B", "x", 0, "h9", 70.0),  # config changed: not comparable
+        ("t", "B", "y", 0, "h3", float("nan")),  # NaN both times: unchanged
+        ("t", "C", "x", 0, "h4", 1.0),  # new run
+    )
+    assert changed_values(before, after) == [(("t", "A", "x", 1), 91.0, 91.5)]
+    assert changed_values({"runs": [{"table": "t", "row": "A", "column": "x", "seed": 0}]}, after) == []
