@@ -6,6 +6,7 @@ the rest as one Hydra multirun (local, submitit_local or slurm launcher), then w
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -103,6 +104,19 @@ def run_overrides(
     return overrides
 
 
+def compose_seeds(overrides: list[str], seeds: list[int]) -> list[DictConfig]:
+    """The run configs of one cell at each seed, as `compose_run_config` gives them with `seed=<s>` among
+    the overrides: one Hydra compose (the slow part) and a copy per seed with `seed` set, since configs refer
+    to the seed only through interpolations, which resolve lazily."""
+    base = compose_run_config(overrides)
+    configs = []
+    for seed in seeds:
+        cfg = copy.deepcopy(base)
+        cfg.seed = int(seed)
+        configs.append(cfg)
+    return configs
+
+
 def plan(
     paper: PaperSpec,
     tables: list[TableSpec],
@@ -122,18 +136,18 @@ def plan(
         for row, column in table.cells():
             if (rows and row not in rows) or (columns and column not in columns):
                 continue
-            for seed in seeds:
-                overrides = run_overrides(paper, table, row, column, seed, scale) + common
-                try:
-                    cfg = compose_run_config(overrides)
-                    run_dir = Path(cfg.runtime.run_dir)
-                    chash = config_hash(cfg)
-                except (HydraException, OmegaConfBaseException) as err:
-                    raise UserError(
-                        f"table {table.id}, cell ({row}, {column}): the config does not compose: {err}\n"
-                        f"overrides: {' '.join(overrides)}"
-                    ) from err
-                run = PlannedRun(table.id, row, column, seed, overrides, run_dir, chash)
+            overrides = [run_overrides(paper, table, row, column, seed, scale) + common for seed in seeds]
+            try:
+                configs = compose_seeds(overrides[0], seeds)
+            except (HydraException, OmegaConfBaseException) as err:
+                raise UserError(
+                    f"table {table.id}, cell ({row}, {column}): the config does not compose: {err}\n"
+                    f"overrides: {' '.join(overrides[0])}"
+                ) from err
+            for seed, seed_overrides, cfg in zip(seeds, overrides, configs, strict=True):
+                run = PlannedRun(
+                    table.id, row, column, seed, seed_overrides, Path(cfg.runtime.run_dir), config_hash(cfg)
+                )
                 run.refresh()
                 planned.append(run)
     return planned

@@ -21,7 +21,6 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
 
 from common.data.sources import load_hub_dataset
 from common.errors import UserError
@@ -322,6 +321,8 @@ def train_text_rankers(
         torch.optim.AdamW(m.parameters(), lr=pipeline.lr, weight_decay=pipeline.weight_decay, eps=1e-8)
         for m in models
     ]
+    from transformers import get_linear_schedule_with_warmup  # imported here: transformers loads slowly
+
     warmup = int(cfg.get("protocol", {}).get("warmup_steps", 0))
     total = len(batches)
     schedulers = [get_linear_schedule_with_warmup(o, min(warmup, total), total) for o in optimizers]
