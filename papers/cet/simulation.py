@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
 import numpy as np
 
 from common.data.retrieval import (
@@ -29,6 +28,7 @@ from common.data.retrieval import (
     pooled_judgements,
     retriever_scores,
 )
+from common.data.simulation import SimulationDataModule
 from common.errors import UserError
 from common.registry import register_datamodule
 
@@ -170,12 +170,14 @@ def training_triples(
 
 
 @register_datamodule("cet_pooled_retrieval")
-class PooledRetrievalDataModule(L.LightningDataModule):
+class PooledRetrievalDataModule(SimulationDataModule):
     """The simulated collection and the negative source of one table column (`retriever`: "lexical", the
     pooling retriever, or the name of a dense retriever in `dense_retrievers`, name -> score noise).
 
     `source="random"`: a tiny collection (smoke tests). `batch_size`/`num_workers` exist for the shared config
     keys only (training is full-batch on in-memory tensors)."""
+
+    sources = SOURCES
 
     def __init__(
         self,
@@ -203,16 +205,16 @@ class PooledRetrievalDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__()
-        if source not in SOURCES:
-            raise UserError(f"unknown data.source {source!r} for the simulation; use one of {SOURCES}")
+        super().__init__(
+            source, seed=seed, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir
+        )
         self.dense_retrievers = dict(dense_retrievers or {})
         if retriever != LEXICAL and retriever not in self.dense_retrievers:
             raise UserError(
                 f"unknown data.retriever {retriever!r}; "
                 f"use {LEXICAL!r} or one of {sorted(self.dense_retrievers)}"
             )
-        self.source, self.retriever, self.seed = source, retriever, int(seed)
+        self.retriever = retriever
         self.collection_params: dict[str, Any] = dict(
             num_queries=num_queries,
             num_documents=num_documents,
@@ -234,7 +236,6 @@ class PooledRetrievalDataModule(L.LightningDataModule):
             mined_per_query,
             random_per_query,
         )
-        self.batch_size, self.num_workers = batch_size, num_workers
         self.collection: PooledCollection | None = None
 
     def setup(self, stage: str | None = None) -> None:

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
 import numpy as np
 from scipy.stats import norm
 from sklearn.exceptions import ConvergenceWarning
 
+from common.data.simulation import SimulationDataModule
 from common.errors import UserError
 from common.registry import register_datamodule
 
@@ -98,11 +98,13 @@ def official_gaussian_classes(num_features: int, num_classes: int) -> GaussianCl
 
 
 @register_datamodule("disc_vs_gen_gaussian")
-class GaussianSimulationDataModule(L.LightningDataModule):
+class GaussianSimulationDataModule(SimulationDataModule):
     """Training sets of any size drawn on demand from the simulation's distribution, and one test set.
 
     `source="random"`: standard normal inputs with labels independent of them (smoke tests of the configs;
     their Bayes error is 1 - 1/K). `batch_size` and `num_workers` exist for the shared config keys only."""
+
+    sources = SOURCES
 
     def __init__(
         self,
@@ -116,18 +118,16 @@ class GaussianSimulationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__()
-        if source not in SOURCES:
-            raise UserError(f"unknown data.source {source!r} for the simulation; use one of {SOURCES}")
+        super().__init__(
+            source, seed=seed, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir
+        )
         if num_test < 1:
             raise UserError(f"data.num_test must be >= 1, got {num_test}")
-        self.source, self.seed = source, int(seed)
         self.num_features, self.num_classes, self.num_test = (
             int(num_features),
             int(num_classes),
             int(num_test),
         )
-        self.batch_size, self.num_workers = batch_size, num_workers
         self.distribution = official_gaussian_classes(self.num_features, self.num_classes)
         self.test_x: np.ndarray | None = None
         self.test_labels: np.ndarray | None = None

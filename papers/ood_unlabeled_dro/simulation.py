@@ -26,13 +26,13 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 from scipy.stats import norm
 from torch import nn
 
+from common.data.simulation import SimulationDataModule
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_datamodule, register_method
@@ -43,10 +43,12 @@ _RESULT_CACHE: dict[str, tuple[float, dict[str, float]]] = {}
 
 
 @register_datamodule("ood_unlabeled_dro_gmm")
-class TwoGaussianDataModule(L.LightningDataModule):
+class TwoGaussianDataModule(SimulationDataModule):
     """One draw of mu (and of the shift direction v) per seed; labelled and unlabeled samples on demand.
 
     `source="random"`: mu = 0, labels independent of x (config smoke tests only)."""
+
+    sources = SOURCES
 
     def __init__(
         self,
@@ -61,17 +63,10 @@ class TwoGaussianDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__()
-        if source not in SOURCES:
-            raise UserError(f"unknown data.source {source!r} for the simulation; use one of {SOURCES}")
-        self.source, self.seed, self.dim, self.std, self.shift = (
-            source,
-            int(seed),
-            int(dim),
-            float(std),
-            float(shift),
+        super().__init__(
+            source, seed=seed, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir
         )
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.dim, self.std, self.shift = int(dim), float(std), float(shift)
         rng = np.random.default_rng([self.seed, 0])
         mu = rng.standard_normal(self.dim)
         mu *= float(mean_norm) / np.linalg.norm(mu)

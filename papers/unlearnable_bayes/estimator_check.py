@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 
+from common.data.simulation import SimulationDataModule
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_datamodule, register_method
@@ -28,7 +28,7 @@ ESTIMATORS = ("kernel", "knn")
 
 
 @register_datamodule("unlearnable_bayes_two_gaussians")
-class TwoGaussiansDataModule(L.LightningDataModule):
+class TwoGaussiansDataModule(SimulationDataModule):
     """`num_train` draws of two equiprobable classes N(-+m, I), |2m| set by the exact `bayes_error`; the
     first coordinate carries the mean difference. `source=random` gives labels independent of the inputs
     (config smoke tests only)."""
@@ -45,11 +45,10 @@ class TwoGaussiansDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__()
-        if source not in ("gaussian", "random"):
-            raise UserError(f"data.source must be gaussian or random, got {source!r}")
+        super().__init__(
+            source, seed=seed, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir
+        )
         self.bayes_error, self.num_features, self.num_train = float(bayes_error), int(num_features), num_train
-        self.source, self.seed, self.batch_size = source, int(seed), batch_size
         self.num_classes, self.input_shape = 2, (int(num_features),)
         self.distance = two_gaussians_distance(self.bayes_error)
 
