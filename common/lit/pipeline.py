@@ -30,3 +30,15 @@ class Pipeline(ABC):
     @abstractmethod
     def run(self, context: RunContext) -> dict[str, float]:
         """Execute the method and return its metrics (percentages for accuracies)."""
+
+
+def with_reported_value(metrics: dict[str, float], report: str | None) -> dict[str, float]:
+    """`metrics` plus `value` = the metric named by the table's `protocol.report` (one training, several
+    table columns each reporting one of its metrics); unchanged when `report` is None."""
+    if report is None:
+        return metrics
+    if report not in metrics:
+        from common.errors import UserError
+
+        raise UserError(f"protocol.report={report!r} is not a recorded metric; known: {sorted(metrics)}")
+    return {**metrics, "value": metrics[report]}

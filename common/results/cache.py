@@ -18,7 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "cache_dir", "cache_key", "load_torch", "read_json", "save_torch", "write_json"]
+__all__ = [
+    "atomic_write",
+    "cache_dir",
+    "cache_key",
+    "cached_metrics",
+    "load_torch",
+    "read_json",
+    "save_torch",
+    "write_json",
+]
 
 
 def cache_key(*parts: Any, length: int = 16) -> str:
@@ -87,3 +96,15 @@ def load_torch(path: Path, *, weights_only: bool = True) -> Any | None:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError):
         return None
+
+
+def cached_metrics(path: Path, context: Any, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """A run's metrics and learning curves (`context.curves`) from the JSON at `path`, or computed by
+    `compute()` (which fills `context.curves`) and stored there for the next run with the same key."""
+    cached = read_json(path)
+    if cached is not None:
+        context.curves = cached["curves"]
+        return cached["metrics"]
+    metrics = compute()
+    write_json(path, {"metrics": metrics, "curves": context.curves})
+    return metrics

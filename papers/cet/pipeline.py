@@ -83,6 +83,7 @@ class RankerTrainingPipeline(Pipeline):
         # Adam's decoupled per-parameter state: the two models' updates do not interact.
         optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         curve: list[float] = []
+        running_loss = torch.zeros(())
         for step in range(self.steps):
             relevance_pos, relevance_neg = relevance_model(q, pos), relevance_model(q, neg)
             if self.estimator == "cet":
@@ -96,11 +97,13 @@ class RankerTrainingPipeline(Pipeline):
                 loss = relevance_loss + selection_loss
             else:
                 loss = pairwise_softmax_loss(relevance_pos, relevance_neg).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            running_loss = running_loss + loss.detach()
+            # Checked every 50 steps and at the end, not per step (a host sync each time).
+            if ((step + 1) % 50 == 0 or step + 1 == self.steps) and not torch.isfinite(running_loss):
+                raise FloatingPointError(f"non-finite loss by step {step}")
             if self.eval_every and (step + 1) % self.eval_every == 0:
                 curve.append(self._test_ndcg(relevance_model, queries[n_train:], documents, test_relevance))
         context.curves["test/ndcg@10"] = curve

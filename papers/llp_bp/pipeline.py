@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, read_json, write_json
+from common.results.cache import cache_dir, cache_key, cached_metrics, write_json
 from papers.llp_bp.bp import loopy_bp_marginals
 from papers.llp_bp.data import LLPTabularDataModule
 from papers.llp_bp.gibbs import knn_similarity_graph, llp_bp_mrf
@@ -62,15 +62,12 @@ class LLPPipeline(Pipeline):
         if not isinstance(datamodule, LLPTabularDataModule):
             raise UserError(f"{self.name} needs bagged tabular data (datamodule: llp_tabular)")
         self.context, self.datamodule = context, datamodule
-        path = self.cache_path(self.params)
-        cached = read_json(path)
-        if cached is not None:
-            context.curves = cached["curves"]
-            return cached["metrics"]
-        torch.manual_seed(int(context.cfg.seed))
-        metrics = self.with_data_metrics(self.compute())
-        write_json(path, {"metrics": metrics, "curves": context.curves})
-        return metrics
+
+        def compute() -> dict[str, float]:
+            torch.manual_seed(int(context.cfg.seed))
+            return self.with_data_metrics(self.compute())
+
+        return cached_metrics(self.cache_path(self.params), context, compute)
 
     def cache_path(self, params: dict[str, Any]) -> Path:
         """Where the metrics of this method with `params` on the run's data, model and schedule are cached."""

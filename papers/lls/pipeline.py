@@ -27,7 +27,7 @@ from common.errors import UserError
 from common.experiment import build_backbone_for
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, read_json, write_json
+from common.results.cache import cache_dir, cache_key, cached_metrics
 from papers.lls import ddfa
 from papers.lls.data import LatentShiftDataModule
 from papers.lls.discriminator import DomainDiscriminator
@@ -62,16 +62,14 @@ class LatentShiftPipeline(Pipeline):
             OmegaConf.to_container(cfg.trainer, resolve=True),
             int(cfg.seed),
         )
-        path = cache_dir(cfg, "lls") / f"{self.name}_{key}.json"
-        cached = read_json(path)
-        if cached is not None:
-            context.curves = cached["curves"]
-            return cached["metrics"]
-        metrics = self.compute(context, datamodule)
-        metrics["data/condition_number"] = datamodule.condition_number
-        metrics["data/num_train"] = float(datamodule.num_train)
-        write_json(path, {"metrics": metrics, "curves": context.curves})
-        return metrics
+
+        def compute() -> dict[str, float]:
+            metrics = self.compute(context, datamodule)
+            metrics["data/condition_number"] = datamodule.condition_number
+            metrics["data/num_train"] = float(datamodule.num_train)
+            return metrics
+
+        return cached_metrics(cache_dir(cfg, "lls") / f"{self.name}_{key}.json", context, compute)
 
     def compute(self, context: RunContext, datamodule: LatentShiftDataModule) -> dict[str, float]:
         raise NotImplementedError

@@ -32,9 +32,10 @@ from omegaconf import OmegaConf
 from common.errors import NonFiniteLossError, UserError
 from common.eval.ranking import ranking_metrics
 from common.lit import Pipeline, RunContext
+from common.lit.pipeline import with_reported_value
 from common.lit.recommender import ImplicitFeedbackDataModule
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, read_json, write_json
+from common.results.cache import cache_dir, cache_key, cached_metrics
 from papers.nbpo.loss import bpo_loss, bpr_loss, nbpo_surrogate_loss
 from papers.nbpo.model import FlipFactorization, preference_model
 from papers.nbpo.sampling import popularity_weights, sample_unvoted
@@ -202,22 +203,13 @@ class SampledMFPipeline(Pipeline):
         protocol = OmegaConf.select(cfg, "protocol", default=None)
         if protocol is None or protocol.get("ks") is None:
             raise UserError("NBPO runs need protocol.ks (set by the table's experiment config)")
+
+        def train() -> dict[str, float]:
+            metrics, context.curves = self._train(cfg, datamodule, protocol)
+            return metrics
+
         path = cache_dir(cfg, "nbpo") / f"{self._training_key(cfg)}.json"
-        cached = read_json(path)
-        if cached is None:
-            metrics, curves = self._train(cfg, datamodule, protocol)
-            write_json(path, {"metrics": metrics, "curves": curves})
-        else:
-            metrics, curves = cached["metrics"], cached["curves"]
-        context.curves = curves
-        report = protocol.get("report")
-        if report is not None:
-            if report not in metrics:
-                raise UserError(
-                    f"protocol.report={report!r} is not a recorded metric; known: {sorted(metrics)}"
-                )
-            metrics = {**metrics, "value": metrics[report]}
-        return metrics
+        return with_reported_value(cached_metrics(path, context, train), protocol.get("report"))
 
     def _train(self, cfg: Any, datamodule: ImplicitFeedbackDataModule, protocol: Any):
         model = OmegaConf.to_container(cfg.model, resolve=True) if cfg.get("model") else {}

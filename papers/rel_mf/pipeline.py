@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader, Sampler
 
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
+from common.lit.pipeline import with_reported_value
 from common.lit.recommender import ImplicitFeedbackDataModule
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, read_json, write_json
+from common.results.cache import cache_dir, cache_key, cached_metrics
 from papers.rel_mf.module import NaiveMF, OracleMF, PointwiseMF, RelMF, WeightedMF
 
 SAMPLINGS = ("balanced", "uniform")
@@ -89,22 +90,13 @@ class RecommenderPipeline(Pipeline):
         protocol = OmegaConf.select(cfg, "protocol", default=None)
         if protocol is None or protocol.get("sampling") not in SAMPLINGS:
             raise UserError(f"Rel-MF runs need protocol.sampling in {SAMPLINGS} (set by the table)")
-        report = protocol.get("report")
-        cache = cache_dir(cfg, "rel_mf") / f"{_training_key(cfg)}.json"
-        cached = read_json(cache)
-        if cached is None:
-            metrics, curves = self._train(context, protocol)
-            write_json(cache, {"metrics": metrics, "curves": curves})
-        else:
-            metrics, curves = cached["metrics"], cached["curves"]
-        context.curves = curves
-        if report is not None:
-            if report not in metrics:
-                raise UserError(
-                    f"protocol.report={report!r} is not a recorded metric; known: {sorted(metrics)}"
-                )
-            metrics = {**metrics, "value": metrics[report]}
-        return metrics
+
+        def train() -> dict[str, float]:
+            metrics, context.curves = self._train(context, protocol)
+            return metrics
+
+        path = cache_dir(cfg, "rel_mf") / f"{_training_key(cfg)}.json"
+        return with_reported_value(cached_metrics(path, context, train), protocol.get("report"))
 
     def _train(self, context: RunContext, protocol: Any) -> tuple[dict[str, float], dict[str, list[float]]]:
         cfg, datamodule = context.cfg, context.datamodule

@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from common.errors import UserError
 from common.results.cache import (
     atomic_write,
     cache_dir,
@@ -69,3 +70,29 @@ def test_torch_round_trip_and_corrupt_file(tmp_path: Path) -> None:
     assert torch.equal(loaded["weight"], torch.arange(3.0)) and loaded["loss"] == 0.25
     path.write_bytes(b"not a torch file")
     assert load_torch(path) is None
+
+
+def test_cached_metrics_computes_once_and_restores_the_curves(tmp_path: Path) -> None:
+    from common.lit.pipeline import with_reported_value
+    from common.results.cache import cached_metrics
+
+    class Context:
+        curves: dict = {}
+
+    calls = []
+
+    def compute() -> dict:
+        calls.append(1)
+        context.curves = {"train/loss": [2.0, 1.0]}
+        return {"test/dcg@5": 0.5, "test/dcg@1": 0.25}
+
+    context = Context()
+    path = tmp_path / "run.json"
+    assert cached_metrics(path, context, compute) == {"test/dcg@5": 0.5, "test/dcg@1": 0.25}
+    context.curves = {}
+    again = cached_metrics(path, context, compute)
+    assert len(calls) == 1 and again["test/dcg@1"] == 0.25 and context.curves == {"train/loss": [2.0, 1.0]}
+    assert with_reported_value(again, "test/dcg@1")["value"] == 0.25
+    assert with_reported_value(again, None) == again
+    with pytest.raises(UserError, match="protocol.report='test/ndcg@5' is not a recorded metric"):
+        with_reported_value(again, "test/ndcg@5")
