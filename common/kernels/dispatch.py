@@ -89,6 +89,14 @@ def _backend_module(name: str) -> Any:
     return chunked if name == "chunked" else _triton_module("triton_info_nce")
 
 
+def _rowwise_dot_sum(a: torch.Tensor, b: torch.Tensor, rows_per_chunk: int = 4096) -> torch.Tensor:
+    """sum_ij a_ij b_ij in b's dtype, a few thousand rows at a time (no full-size temporary)."""
+    total = b.new_zeros(())
+    for start in range(0, a.shape[0], rows_per_chunk):
+        total += (a[start : start + rows_per_chunk] * b[start : start + rows_per_chunk]).sum()
+    return total
+
+
 class _InfoNCERows(torch.autograd.Function):
     """Per-row query -> key loss; saves O(N) statistics and recomputes tiles in backward."""
 
@@ -106,6 +114,7 @@ class _InfoNCERows(torch.autograd.Function):
         tau_plus: float,
         backend: str,
         block_options: dict[str, int],
+        identity_positive: bool,
     ) -> torch.Tensor:
         impl = _backend_module(backend)
         stats_blocks = dict(block_options)
@@ -128,7 +137,7 @@ class _InfoNCERows(torch.autograd.Function):
             rows.pos_coef,
             rows.inv_temp_coef,
         )
-        ctx.options = (inv_temp, beta, backend, block_options)
+        ctx.options = (inv_temp, beta, backend, block_options, identity_positive)
         return rows.loss
 
     @staticmethod
@@ -146,7 +155,7 @@ class _InfoNCERows(torch.autograd.Function):
             pos_coef,
             inv_temp_coef,
         ) = ctx.saved_tensors
-        inv_temp, beta, backend, block_options = ctx.options
+        inv_temp, beta, backend, block_options, identity_positive = ctx.options
         need_query, need_key, need_temp = ctx.needs_input_grad[:3]
         grad_rows = grad_rows.to(neg_coef.dtype)
         pos_weight = pos_coef * grad_rows
@@ -168,24 +177,31 @@ class _InfoNCERows(torch.autograd.Function):
             )
         ct = neg_coef.dtype
         # Positive logit s_{i,p_i}: a gather, so its gradient is O(N d) and handled here for every backend.
+        # In place on the backends' float32 gradients: each full-size temporary would add N d floats of peak
+        # memory; the identity positive (the default) needs no gather at all.
+        pos_scale = (inv_temp * pos_weight)[:, None]
         if grad_query is not None:
-            grad_query = grad_query.to(ct) + inv_temp * pos_weight[:, None] * key[positive_index].to(ct)
+            grad_query = grad_query.to(ct)
+            num_q = query.shape[0]  # identity positive: row i's positive is key i (M >= N)
+            grad_query.addcmul_(key[:num_q] if identity_positive else key[positive_index], pos_scale)
         if grad_key is not None:
-            grad_key = grad_key.to(ct).index_add_(
-                0, positive_index, inv_temp * pos_weight[:, None] * query.to(ct)
-            )
+            grad_key = grad_key.to(ct)
+            if identity_positive:
+                grad_key[: query.shape[0]].addcmul_(query, pos_scale)
+            else:
+                grad_key.index_add_(0, positive_index, query * pos_scale)
         grad_temp = None
         if need_temp:
             assert grad_query is not None
             # dloss/d(1/T) = sum_ij dloss/ds_ij <q_i, k_j> = sum_i <q_i, dq_i> / (1/T), plus the DCL floor.
-            grad_inv = (query.to(ct) * grad_query).sum() / inv_temp + (inv_temp_coef * grad_rows).sum()
+            grad_inv = _rowwise_dot_sum(query, grad_query) / inv_temp + (inv_temp_coef * grad_rows).sum()
             grad_temp = -grad_inv * inv_temp**2
             grad_temp = grad_temp.to(temperature.device, temperature.dtype).reshape(temperature.shape)
         return (
             grad_query.to(query.dtype) if need_query and grad_query is not None else None,
             grad_key.to(key.dtype) if grad_key is not None else None,
             grad_temp,
-            *([None] * 8),
+            *([None] * 9),
         )
 
 
@@ -241,6 +257,7 @@ def info_nce(
     if not isinstance(temperature, torch.Tensor):
         temperature = torch.tensor(float(temperature), dtype=torch.float64)
     arange = torch.arange(num_q, device=query.device)
+    identity_positive = positive_index is None
     positive_index = arange if positive_index is None else positive_index.long()
     if query_labels is not None and key_labels is not None:
         query_labels, key_labels = query_labels.long(), key_labels.long()
@@ -248,11 +265,19 @@ def info_nce(
     options = (float(hard_negative_beta), float(debias_tau_plus), backend, blocks)
 
     rows = _InfoNCERows.apply(
-        query, key, temperature, positive_index, query_labels, key_labels, inv_temp, *options
+        query,
+        key,
+        temperature,
+        positive_index,
+        query_labels,
+        key_labels,
+        inv_temp,
+        *options,
+        identity_positive,
     )
     if symmetric:
         backward_rows = _InfoNCERows.apply(
-            key, query, temperature, arange, key_labels, query_labels, inv_temp, *options
+            key, query, temperature, arange, key_labels, query_labels, inv_temp, *options, True
         )
         rows = 0.5 * (rows + backward_rows)
     if reduction == "mean":

@@ -36,6 +36,7 @@ def test_tiny_cpu_run_reports_wrong_provider_as_fail(tmp_path: Path) -> None:
         "--d=16",
         "--variants",
         "plain",
+        "plain_fwd",
         "topk16",
         "--providers",
         "chunked",
@@ -59,14 +60,15 @@ def test_tiny_cpu_run_reports_wrong_provider_as_fail(tmp_path: Path) -> None:
     assert wrong["time_median_ms"] == "", "a FAIL cell must not be timed"
     assert float(wrong["check_error"]) > 1e-3
 
-    for variant in ("plain", "topk16"):
+    for variant in ("plain", "plain_fwd", "topk16"):
         for provider in ("chunked", "eager"):
             row = by_key[(variant, provider)]
             assert row["status"] == "ok", row
             assert float(row["check_error"]) < 1e-4
             assert float(row["time_median_ms"]) > 0
             assert float(row["mem_extra_mb"]) >= 0
-    assert by_key[("topk16", "wrong_temperature")]["status"] == "n/a"  # the provider has no top-k
+    for variant in ("plain_fwd", "topk16"):  # the provider has neither
+        assert by_key[(variant, "wrong_temperature")]["status"] == "n/a"
 
     markdown = (tmp_path / f"kernels_cpu-{platform.machine()}.md").read_text()
     assert "FAIL wrong at N=40" in markdown
