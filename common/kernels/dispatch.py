@@ -158,51 +158,66 @@ class _InfoNCERows(torch.autograd.Function):
         inv_temp, beta, backend, block_options, identity_positive = ctx.options
         need_query, need_key, need_temp = ctx.needs_input_grad[:3]
         grad_rows = grad_rows.to(neg_coef.dtype)
-        pos_weight = pos_coef * grad_rows
-        with _device_scope(query):
-            grad_query, grad_key = _backend_module(backend).info_nce_negative_grads(
-                query,
-                key,
-                positive_index,
-                query_labels,
-                key_labels,
-                inv_temp,
-                beta,
-                lse_a,
-                lse_b,
-                neg_coef * grad_rows,
-                need_query=need_query or need_temp,
-                need_key=need_key,
-                **block_options,
-            )
         ct = neg_coef.dtype
-        # Positive logit s_{i,p_i}: a gather, so its gradient is O(N d) and handled here for every backend.
-        # In place on the backends' float32 gradients: each full-size temporary would add N d floats of peak
-        # memory; the identity positive (the default) needs no gather at all.
-        pos_scale = (inv_temp * pos_weight)[:, None]
-        if grad_query is not None:
+        # Positive logit s_{i,p_i}: a gather, so its gradient is O(N d) and handled here for every backend,
+        # in place on the backends' float32 gradients (a full-size temporary would add N d floats of peak
+        # memory); the identity positive (the default) needs no gather at all.
+        pos_scale = (inv_temp * pos_coef * grad_rows)[:, None]
+        num_q = query.shape[0]  # identity positive: row i's positive is key i (M >= N)
+
+        def negative_grads(want_query: bool, want_key: bool) -> tuple[torch.Tensor | None, ...]:
+            with _device_scope(query):
+                return _backend_module(backend).info_nce_negative_grads(
+                    query,
+                    key,
+                    positive_index,
+                    query_labels,
+                    key_labels,
+                    inv_temp,
+                    beta,
+                    lse_a,
+                    lse_b,
+                    neg_coef * grad_rows,
+                    need_query=want_query,
+                    need_key=want_key,
+                    **block_options,
+                )
+
+        def finish_query(grad_query: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
             grad_query = grad_query.to(ct)
-            num_q = query.shape[0]  # identity positive: row i's positive is key i (M >= N)
             grad_query.addcmul_(key[:num_q] if identity_positive else key[positive_index], pos_scale)
-        if grad_key is not None:
+            grad_temp = None
+            if need_temp:
+                # dloss/d(1/T) = sum_ij dloss/ds_ij <q_i, k_j> = sum_i <q_i, dq_i> / (1/T), + the DCL floor.
+                grad_inv = _rowwise_dot_sum(query, grad_query) / inv_temp + (inv_temp_coef * grad_rows).sum()
+                grad_temp = (-grad_inv * inv_temp**2).to(temperature.device, temperature.dtype)
+                grad_temp = grad_temp.reshape(temperature.shape)
+            return (grad_query.to(query.dtype) if need_query else None), grad_temp
+
+        def finish_key(grad_key: torch.Tensor) -> torch.Tensor:
             grad_key = grad_key.to(ct)
             if identity_positive:
-                grad_key[: query.shape[0]].addcmul_(query, pos_scale)
+                grad_key[:num_q].addcmul_(query, pos_scale)
             else:
                 grad_key.index_add_(0, positive_index, query * pos_scale)
-        grad_temp = None
-        if need_temp:
-            assert grad_query is not None
-            # dloss/d(1/T) = sum_ij dloss/ds_ij <q_i, k_j> = sum_i <q_i, dq_i> / (1/T), plus the DCL floor.
-            grad_inv = _rowwise_dot_sum(query, grad_query) / inv_temp + (inv_temp_coef * grad_rows).sum()
-            grad_temp = -grad_inv * inv_temp**2
-            grad_temp = grad_temp.to(temperature.device, temperature.dtype).reshape(temperature.shape)
-        return (
-            grad_query.to(query.dtype) if need_query and grad_query is not None else None,
-            grad_key.to(key.dtype) if grad_key is not None else None,
-            grad_temp,
-            *([None] * 9),
-        )
+            return grad_key.to(key.dtype)
+
+        want_query = need_query or need_temp
+        grad_query = grad_key = grad_temp = None
+        if backend == "triton":
+            # Separate kernels anyway: finishing (and casting) one gradient before the next kernel runs keeps
+            # one float32 N x d buffer alive at a time instead of two.
+            if want_query:
+                grad_query, grad_temp = finish_query(negative_grads(True, False)[0])
+            if need_key:
+                grad_key = finish_key(negative_grads(False, True)[1])
+        else:  # the chunked path shares each similarity tile between both gradients
+            raw_query, raw_key = negative_grads(want_query, need_key)
+            if raw_query is not None:
+                grad_query, grad_temp = finish_query(raw_query)
+            if raw_key is not None:
+                grad_key = finish_key(raw_key)
+        return (grad_query, grad_key, grad_temp, *([None] * 9))
 
 
 def info_nce(
