@@ -347,6 +347,17 @@ def _grad_key_kernel(
     tl.store(out, acc * inv_temp, mask=col_ok[:, None] & (feats < dim)[None, :])
 
 
+def stats_num_warps(block_rows: int, block_cols: int) -> int:
+    """Warps of the forward kernel. From 64 x 64 tiles on, 4 warps need over 255 registers per thread on
+    sm_90 and spill with HCL + labels (cuobjdump of the compiled kernel); 8 warps do not."""
+    return 8 if block_rows * block_cols >= 64 * 64 else 4
+
+
+def grads_num_warps(block_d_out: int) -> int:
+    """Warps of the backward kernels: a (rows x block_d_out) float32 accumulator per program."""
+    return 8 if block_d_out >= 128 else 4
+
+
 def feature_block(dim: int, block_d: int | None, largest: int = 64) -> int:
     """Feature chunk: a power of two in [16, largest] (tl.dot needs >= 16)."""
     if block_d is not None:
@@ -405,6 +416,7 @@ def info_nce_row_stats(
         BLOCK_D=feature_block(dim, block_d),
         PRECISION=dot_precision(query.dtype),
         UPCAST=interpreter_upcast(query.dtype),
+        num_warps=stats_num_warps(block_rows, block_cols),
     )
     return RowStats(lse_a=out[0], lse_b=out[3] if hard else None, pos_logit=out[1], num_negatives=out[2])
 
@@ -464,7 +476,7 @@ def info_nce_negative_grads(
         UPCAST=interpreter_upcast(query.dtype),
         GRAD_DTYPE=grad_dtype,
         GRAD_PRECISION=grad_precision,
-        num_warps=8 if bd_out >= 128 else 4,
+        num_warps=grads_num_warps(bd_out),
     )
     grad_query = grad_key = None
     if need_query:

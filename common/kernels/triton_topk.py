@@ -107,6 +107,17 @@ def _topk_kernel(
     tl.store(idx_ptr + offsets, indices, mask=out_ok)
 
 
+def topk_launch(k_pad: int) -> dict[str, int]:
+    """Warps and pipeline stages by the running list's width. Wide lists (K_PAD >= 128) spill with 4 warps on
+    sm_90 (cuobjdump of the compiled kernel), and their wide key tiles leave shared memory for 2 stages."""
+    return {"num_warps": 8, "num_stages": 2} if k_pad >= 128 else {"num_warps": 4, "num_stages": 3}
+
+
+def topk_rows(k_pad: int) -> int:
+    """Query rows per program: the running list (rows x K_PAD int64) lives in registers."""
+    return 32 if k_pad <= 64 else 16
+
+
 def topk_similar(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -124,9 +135,7 @@ def topk_similar(
     num_k = key.shape[0]
     k_pad = max(16, triton.next_power_of_2(k))
     block_cols = max(block_cols, k_pad)  # the tile must hold at least K_PAD candidates
-    if block_rows is None:
-        # The running list (block_rows x K_PAD int64) lives in registers.
-        block_rows = 32 if k_pad <= 64 else 16
+    block_rows = block_rows or topk_rows(k_pad)
     values = torch.empty(num_q, k, dtype=torch.float32, device=query.device)
     indices = torch.empty(num_q, k, dtype=torch.int32, device=query.device)
     dummy = values  # placeholder pointer for absent optional inputs (never read)
@@ -159,6 +168,6 @@ def topk_similar(
         BLOCK_D=feature_block(dim, block_d),
         PRECISION=dot_precision(query.dtype),
         UPCAST=interpreter_upcast(query.dtype),
-        num_stages=2 if k_pad >= 128 else 3,  # wide key tiles: fewer pipeline stages fit in shared memory
+        **topk_launch(k_pad),
     )
     return values, indices.long()

@@ -3,7 +3,8 @@
 Triton reads TRITON_INTERPRET when it decorates a kernel, so setting it inside this pytest process would
 depend on import order and leak into other tests; triton_interpret_worker.py runs every case in a fresh
 process instead, and each case is compared here with the float64 materialised reference. A second test
-compiles the kernels for an sm_90 GPU (no GPU needed) to catch what the interpreter does not check.
+compiles the kernels for an sm_90 GPU (no GPU needed) at their launch settings, to catch what the
+interpreter does not check: lowering errors, register spills and shared-memory overflow.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -166,13 +168,65 @@ def test_triton_topk_matches_torch_topk(interpreted_results: dict[str, Any], nam
     )
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_triton_kernels_compile_for_gpu(dtype: torch.dtype) -> None:
-    """Lower every kernel (one variant each) to an sm_90 binary; needs Triton's bundled ptxas, not a GPU."""
+def _compile_for_sm90(
+    kernel: Any, signature: dict[str, str], constants: dict[str, Any], **launch: int
+) -> Any:
+    """Lower a kernel to an sm_90 binary as the JIT would for contiguous inputs and 16-aligned sizes.
+
+    Like a real launch: unit feature strides become constants and pointers, sizes and row strides carry
+    16-divisibility hints, so loads vectorise and register use matches what the GPU would run.
+    """
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    names = kernel.arg_names
+    signature = {name: kind for name, kind in signature.items() if name not in ("stride_qd", "stride_kd")}
+    constants = {**constants, "stride_qd": 1, "stride_kd": 1}
+    missing = [name for name in names if name not in signature and name not in constants]
+    assert not missing, f"{kernel.__name__}: no type for {missing}"
+    aligned = [
+        n for n in names if signature.get(n, "").startswith("*") or n in ALIGNED_SIZES and n in signature
+    ]
+    source = ASTSource(
+        fn=kernel,
+        signature={name: signature.get(name, "constexpr") for name in names},
+        constexprs=constants,
+        attrs={(names.index(name),): [["tt.divisibility", 16]] for name in aligned},
+    )
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=launch)
+
+
+ALIGNED_SIZES = ("num_q", "num_k", "dim", "stride_q", "stride_k")
+H100_SHARED_PER_BLOCK = 227 * 1024
+
+
+def _resource_usage(compiled: Any) -> dict[str, int]:
+    """Registers and spill stack per thread of a compiled kernel, read with Triton's bundled cuobjdump."""
+    import re
+
+    import triton
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("Triton's bundled cuobjdump is missing")
+    cubin = compiled.asm["cubin"]
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        report = subprocess.run(
+            [str(cuobjdump), "--dump-resource-usage", handle.name], capture_output=True, text=True, check=True
+        ).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+)", report)
+    assert match, report
+    return {"registers": int(match[1]), "spill_stack_bytes": int(match[2])}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_triton_kernels_compile_for_gpu_without_spills(dtype: torch.dtype) -> None:
+    """Every kernel, at the tiles and warps its launcher uses, lowers to an sm_90 binary (Triton's bundled
+    ptxas, no GPU needed) that keeps all values in registers (no spill stack) and fits in shared memory."""
+    triton = pytest.importorskip("triton")
     from common.kernels import triton_info_nce, triton_topk
 
     if triton_info_nce.INTERPRETED:
@@ -182,43 +236,57 @@ def test_triton_kernels_compile_for_gpu(dtype: torch.dtype) -> None:
     ints = dict.fromkeys(("num_q", "num_k", "dim", "stride_q", "stride_qd", "stride_k", "stride_kd"), "i32")
     pointer = {torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dtype]
     inputs = {"q_ptr": pointer, "k_ptr": pointer, "qlab_ptr": "*i64", "klab_ptr": "*i64"}
+    scalars = {"inv_temp": "fp32", "beta": "fp32"}
+    stats = {"pos_ptr": "*i64", "out_ptr": "*fp32", **scalars}
+    grads = {"pos_ptr": "*i64", "lse_a_ptr": "*fp32", "lse_b_ptr": "*fp32", "coef_ptr": "*fp32", **scalars}
+    # The launchers' defaults at d = 256 (the CUDA goal size): 64 x 64 tiles, 64-wide feature chunks.
+    rows = cols = 64
+    block_d, block_do = (
+        triton_info_nce.feature_block(256, None),
+        triton_info_nce.feature_block(256, None, 256),
+    )
     grad_dtype, grad_precision = triton_info_nce.grad_dot(dtype)
-    grad_meta = dict(BLOCK_DO=128, GRAD_DTYPE=grad_dtype, GRAD_PRECISION=grad_precision)
-    tiles = dict(BLOCK_N=64, BLOCK_M=64, BLOCK_D=64, PRECISION="ieee", UPCAST=False)
-    loss_meta = dict(HAS_LABELS=True, HARD=True, **tiles)
-    stats = {"pos_ptr": "*i64", "out_ptr": "*fp32", "inv_temp": "fp32", "beta": "fp32"}
-    grads = {
-        "pos_ptr": "*i64",
-        "lse_a_ptr": "*fp32",
-        "lse_b_ptr": "*fp32",
-        "coef_ptr": "*fp32",
-        "inv_temp": "fp32",
-        "beta": "fp32",
-    }
+    tiles = dict(BLOCK_N=rows, BLOCK_M=cols, BLOCK_D=block_d, PRECISION="ieee", UPCAST=False)
+    grad_meta = dict(BLOCK_DO=block_do, GRAD_DTYPE=grad_dtype, GRAD_PRECISION=grad_precision)
+    stats_launch = {"num_warps": triton_info_nce.stats_num_warps(rows, cols)}
+    grads_launch = {"num_warps": triton_info_nce.grads_num_warps(block_do)}
+    # bf16 checks each loss kernel plain and with every option; fp16 (other gradient dtype) the heaviest.
+    options = [(False, False), (True, True)] if dtype == torch.bfloat16 else [(True, True)]
+    kernels = []
+    for hard, labels in options:
+        flags = dict(HAS_LABELS=labels, HARD=hard, **tiles)
+        kernels += [
+            (triton_info_nce._row_stats_kernel, {**inputs, **stats, **ints}, flags, stats_launch),
+            (
+                triton_info_nce._grad_query_kernel,
+                {**inputs, **grads, "dq_ptr": "*fp32", **ints},
+                {**flags, **grad_meta},
+                grads_launch,
+            ),
+            (
+                triton_info_nce._grad_key_kernel,
+                {**inputs, **grads, "dk_ptr": "*fp32", **ints},
+                {**flags, **grad_meta},
+                grads_launch,
+            ),
+        ]
     topk = {"excl_ptr": "*i64", "val_ptr": "*fp32", "idx_ptr": "*i32", "k": "i32"}
-    kernels = [
-        (triton_info_nce._row_stats_kernel, {**inputs, **stats, **ints}, loss_meta),
-        (
-            triton_info_nce._grad_query_kernel,
-            {**inputs, **grads, "dq_ptr": "*fp32", **ints},
-            {**loss_meta, **grad_meta},
-        ),
-        (
-            triton_info_nce._grad_key_kernel,
-            {**inputs, **grads, "dk_ptr": "*fp32", **ints},
-            {**loss_meta, **grad_meta},
-        ),
-        (
-            triton_topk._topk_kernel,
-            {**inputs, **topk, **ints},
-            dict(HAS_EXCLUDE=True, HAS_LABELS=True, K_PAD=16, **{**tiles, "BLOCK_N": 32}),
-        ),
-    ]
-    for kernel, signature, constants in kernels:
-        names = kernel.arg_names
-        full_signature = {name: signature.get(name, "constexpr") for name in names}
-        missing = [name for name in names if name not in signature and name not in constants]
-        assert not missing, f"{kernel.__name__}: no type for {missing}"
-        source = ASTSource(fn=kernel, signature=full_signature, constexprs=constants)
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm.get("cubin"), f"{kernel.__name__} produced no binary"
+    for k_pad in [16, 256] if dtype == torch.bfloat16 else []:
+        constants = dict(
+            HAS_EXCLUDE=True,
+            HAS_LABELS=True,
+            K_PAD=k_pad,
+            **{**tiles, "BLOCK_N": triton_topk.topk_rows(k_pad)},
+        )
+        constants["BLOCK_M"] = max(cols, k_pad)
+        kernels.append(
+            (triton_topk._topk_kernel, {**inputs, **topk, **ints}, constants, triton_topk.topk_launch(k_pad))
+        )
+    for kernel, signature, constants, launch in kernels:
+        compiled = _compile_for_sm90(kernel, signature, constants, **launch)
+        usage = _resource_usage(compiled)
+        what = f"{kernel.__name__} {constants} {launch}"
+        assert usage["spill_stack_bytes"] == 0, f"{what} spills: {usage}"
+        assert compiled.metadata.shared <= H100_SHARED_PER_BLOCK, (
+            f"{what}: {compiled.metadata.shared} B shared"
+        )
