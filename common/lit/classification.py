@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import NonFiniteLossError
+from common.lit.logging import log_epoch_metrics
 from common.registry import register_method
 
 
@@ -76,7 +77,7 @@ class ClassificationModule(L.LightningModule):
         memorized = 100.0 * fit_noisy / noisy if noisy else 0.0
         self.curves["train/loss"].append(mean_loss)
         self.curves["train/memorized"].append(memorized)
-        self.log_dict({"train/loss": mean_loss, "train/memorized": memorized})
+        log_epoch_metrics(self, {"train/loss": mean_loss, "train/memorized": memorized})
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["x"])
@@ -90,7 +91,7 @@ class ClassificationModule(L.LightningModule):
             return
         acc = 100.0 * correct / max(total, 1)
         self.curves["val/acc"].append(acc)
-        self.log("val/acc", acc)
+        log_epoch_metrics(self, {"val/acc": acc})
 
     @torch.no_grad()
     def predict_proba(self, loader: Any) -> torch.Tensor:

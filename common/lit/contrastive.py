@@ -19,6 +19,7 @@ from torch import nn
 from common.errors import NonFiniteLossError, UserError
 from common.eval import extract_features, knn_accuracy, logistic_regression_probe, train_linear_probe
 from common.kernels import info_nce
+from common.lit.logging import log_epoch_metrics
 from common.losses.supcon import supcon_loss
 from common.registry import register_method
 
@@ -225,12 +226,12 @@ class ContrastiveModule(L.LightningModule):
         if not torch.isfinite(torch.tensor(mean_loss)):
             raise NonFiniteLossError(f"contrastive loss became {mean_loss} in epoch {self.current_epoch}")
         self.curves["train/loss"].append(mean_loss)
-        self.log("train/loss", mean_loss)
+        log_epoch_metrics(self, {"train/loss": mean_loss})
         epoch = self.current_epoch + 1
         if self.eval_every_n_epochs > 0 and epoch % self.eval_every_n_epochs == 0 and self._datamodule():
             acc = self._knn(self._eval_features(epoch))
             self.curves["val/knn_acc"].append(acc)
-            self.log("val/knn_acc", acc)
+            log_epoch_metrics(self, {"val/knn_acc": acc})
 
     def on_train_end(self) -> None:
         # Runs before Lightning's teardown moves the model off the accelerator.

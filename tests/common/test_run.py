@@ -88,6 +88,21 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def test_csv_logger_gets_every_epoch_metric_and_no_logger_costs_nothing(output_root: Path):
+    import csv
+
+    record = _run(output_root, "seed=2", "logger=csv")
+    assert record.complete, record.reason
+    (metrics_file,) = (output_root / "elr/mini/table1/CE__sym-40pct/seed_2").rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics_file.open()))
+    val_acc = [float(r["val/acc"]) for r in rows if r.get("val/acc")]
+    assert val_acc == pytest.approx(record.curves["val/acc"], rel=1e-6)  # one row per epoch (float32)
+    assert len([r for r in rows if r.get("train/loss")]) == len(val_acc)
+
+    record = _run(output_root, "seed=3", "logger=none")
+    assert record.complete and len(record.curves["val/acc"]) == len(val_acc)
+
+
 def test_cli_errors_are_one_clear_message(output_root: Path):
     unknown_key = _cli("experiment=elr/table1", "data.no_such_key=1", f"runtime.output_root={output_root}")
     assert unknown_key.returncode != 0 and "no_such_key" in unknown_key.stderr
