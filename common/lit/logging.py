@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import lightning as L
+import torch
 
 
-def log_epoch_metrics(module: L.LightningModule, metrics: Mapping[str, float]) -> None:
-    """Send epoch-level floats to the run's loggers (CSV, W&B); skipped when none is attached.
+def log_epoch_metrics(module: L.LightningModule, metrics: Mapping[str, float | torch.Tensor]) -> None:
+    """Send epoch-level values to the run's loggers (CSV, W&B); skipped when none is attached.
 
     Lightning's result bookkeeping behind `self.log` costs milliseconds per call on a small CPU, a large
     share of a mini run's harness overhead, and nothing here reads `callback_metrics`: curves and final

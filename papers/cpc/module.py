@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from common.data.transforms import GaussianNoise, RandomTranslate, random_horizontal_flip
 from common.lit import ClassificationModule
 from common.lit.ema import EMATeacher
+from common.lit.logging import log_epoch_metrics
 from common.registry import register_method
 from papers.cpc.cleaner import (
     CLEANERS,
@@ -193,7 +194,7 @@ class CPCModule(ClassificationModule):
             )
         loader = datamodule.loader(datamodule.train_dataset(), shuffle=False, train=False)
         quality = self.divide(loader)
-        self.log_dict({f"partition/{k}": v for k, v in quality.items()})
+        log_epoch_metrics(self, {f"partition/{k}": v for k, v in quality.items()})
 
     # ---- training (M-step) --------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

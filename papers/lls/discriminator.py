@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from common.lit.classification import ClassificationModule
+from common.lit.logging import log_epoch_metrics
 
 
 class DomainDiscriminator(ClassificationModule):
@@ -39,7 +40,7 @@ class DomainDiscriminator(ClassificationModule):
         loss, acc = loss_sum / count, 100.0 * correct / count
         self.curves["val/domain_loss"].append(loss)
         self.curves["val/domain_acc"].append(acc)
-        self.log_dict({"val/domain_loss": loss, "val/domain_acc": acc})
+        log_epoch_metrics(self, {"val/domain_loss": loss, "val/domain_acc": acc})
         if loss < self.best_val_loss:
             self.best_val_loss, self.best_epoch = loss, self.current_epoch
             self._best_state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}

@@ -18,6 +18,7 @@ from torch import nn
 from common.errors import NonFiniteLossError
 from common.eval.metrics import multilabel_average_precision
 from common.lit.ema import EMATeacher
+from common.lit.logging import log_epoch_metrics
 from common.registry import register_method
 from papers.pu_mlc.loss import (
     assume_negative_bce,
@@ -118,7 +119,7 @@ class MultiLabelModule(L.LightningModule):
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(f"training loss became {mean_loss} in epoch {self.current_epoch}")
         self.curves["train/loss"].append(mean_loss)
-        self.log("train/loss", mean_loss)
+        log_epoch_metrics(self, {"train/loss": mean_loss})
 
     # ---- evaluation ---------------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -136,7 +137,7 @@ class MultiLabelModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         self.curves["val/mAP"].append(value)
-        self.log("val/mAP", value)
+        log_epoch_metrics(self, {"val/mAP": value})
 
     def final_metrics(self) -> dict[str, float]:
         """Last-epoch and best-epoch test mAP (the official log prints both; ``h_mAP`` is the best)."""

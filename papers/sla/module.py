@@ -34,6 +34,7 @@ from common.data.transforms import (
     rotation_label_augment,
 )
 from common.lit import ClassificationModule
+from common.lit.logging import log_epoch_metrics
 from common.registry import register_method
 from papers.sla.losses import (
     data_augmentation_loss,
@@ -136,7 +137,7 @@ class RotationModule(ClassificationModule):
         acc["val/acc"] = acc["val/acc_agg"] if self.inference == "aggregated" else single
         for key, value in acc.items():
             self.curves[key].append(value)
-        self.log_dict(acc)
+        log_epoch_metrics(self, acc)
 
     def final_metrics(self) -> dict[str, float]:
         metrics = super().final_metrics()

@@ -17,6 +17,7 @@ import torch
 from torchmetrics import MeanMetric, MetricCollection
 
 from common.lit import ClassificationModule
+from common.lit.logging import log_epoch_metrics
 from common.registry import register_method
 from papers.z_loss import losses
 
@@ -94,7 +95,7 @@ class NextTokenModule(ClassificationModule):
             "loss_change_shift": shift_change / examples,
             "loss_change_scale": scale_change / examples,
         }
-        self.log_dict({f"val/top{k}": scores[f"top{k}"] for k in self.top_k})
+        log_epoch_metrics(self, {f"val/top{k}": scores[f"top{k}"] for k in self.top_k})
 
     def final_metrics(self) -> dict[str, float]:
         """Last-epoch metrics, prefixed by the evaluated split: ``test/...`` or ``validation/...``."""
