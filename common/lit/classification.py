@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import NonFiniteLossError
-from common.lit.logging import log_epoch_metrics
+from common.lit.epoch_metrics import log_epoch_metrics
 from common.registry import register_method
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from common.errors import NonFiniteLossError, UserError
 from common.eval import extract_features, knn_accuracy, logistic_regression_probe, train_linear_probe
 from common.kernels import info_nce
-from common.lit.logging import log_epoch_metrics
+from common.lit.epoch_metrics import log_epoch_metrics
 from common.losses.supcon import supcon_loss
 from common.registry import register_method
 

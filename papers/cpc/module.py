@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from common.data.transforms import GaussianNoise, RandomTranslate, random_horizontal_flip
 from common.lit import ClassificationModule
 from common.lit.ema import EMATeacher
-from common.lit.logging import log_epoch_metrics
+from common.lit.epoch_metrics import log_epoch_metrics
 from common.registry import register_method
 from papers.cpc.cleaner import (
     CLEANERS,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from common.lit.classification import ClassificationModule
-from common.lit.logging import log_epoch_metrics
+from common.lit.epoch_metrics import log_epoch_metrics
 
 
 class DomainDiscriminator(ClassificationModule):

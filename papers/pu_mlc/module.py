@@ -18,7 +18,7 @@ from torch import nn
 from common.errors import NonFiniteLossError
 from common.eval.metrics import multilabel_average_precision
 from common.lit.ema import EMATeacher
-from common.lit.logging import log_epoch_metrics
+from common.lit.epoch_metrics import log_epoch_metrics
 from common.registry import register_method
 from papers.pu_mlc.loss import (
     assume_negative_bce,

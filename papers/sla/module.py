@@ -34,7 +34,7 @@ from common.data.transforms import (
     rotation_label_augment,
 )
 from common.lit import ClassificationModule
-from common.lit.logging import log_epoch_metrics
+from common.lit.epoch_metrics import log_epoch_metrics
 from common.registry import register_method
 from papers.sla.losses import (
     data_augmentation_loss,

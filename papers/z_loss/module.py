@@ -17,7 +17,7 @@ import torch
 from torchmetrics import MeanMetric, MetricCollection
 
 from common.lit import ClassificationModule
-from common.lit.logging import log_epoch_metrics
+from common.lit.epoch_metrics import log_epoch_metrics
 from common.registry import register_method
 from papers.z_loss import losses
 
