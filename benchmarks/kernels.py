@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -669,9 +670,10 @@ def _feasibility(
     return None
 
 
-def run_cpu(cells: list[Cell], providers: list[str], args) -> list[Result]:
-    """Each (cell, provider) in a fresh forked process; small cells first: they predict large ones."""
-    results: list[Result] = []
+def run_cpu(cells: list[Cell], providers: list[str], args, results: list[Result]) -> list[Result]:
+    """Each (cell, provider) in a fresh forked process; small cells first: they predict large ones.
+
+    Appends to `results` as it goes, so an interrupted run still reports what it measured."""
     history: dict[tuple[str, str, int], tuple[int, float]] = {}
     total = len(cells) * len(providers)
     done = 0
@@ -776,12 +778,13 @@ def _cuda_free_bytes() -> float:
     return float(free)
 
 
-def run_cuda(cells: list[Cell], providers: list[str], args) -> list[Result]:
-    """In-process on CUDA: check, memory per provider, then do_bench with providers interleaved."""
+def run_cuda(cells: list[Cell], providers: list[str], args, results: list[Result]) -> list[Result]:
+    """In-process on CUDA: check, memory per provider, then do_bench with providers interleaved.
+
+    Appends to `results` as it goes, so an interrupted run still reports what it measured."""
     from triton.testing import do_bench
 
     dtype = getattr(torch, args.dtype)
-    results: list[Result] = []
     history: dict[tuple[str, str, int], tuple[int, float]] = {}
     built: dict[tuple[str, str], OpFn] = {}
     for cell in sorted(cells, key=lambda c: (c.n * c.n * c.d, c.variant)):
@@ -1037,6 +1040,15 @@ def write_reports(results: list[Result], args, device: str, started: float, load
         "(the CSV has the 1-min load per cell). "
         f"Total runtime {runtime / 60:.1f} min.",
         "",
+        *(
+            [
+                "**Interrupted** (SIGTERM or Ctrl-C): the cells below are those measured before; the rest of "
+                "the grid was not run.",
+                "",
+            ]
+            if getattr(args, "interrupted", False)
+            else []
+        ),
         *_load_warning(load_start, args),
         "Each cell: median time (p20–p80, number of timed calls); extra peak memory over the inputs. "
         + (
@@ -1256,17 +1268,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     started, load_start = time.perf_counter(), os.getloadavg()
     cells = build_grid(args)
-    if args.device == "cuda":
-        device = f"cuda-{torch.cuda.get_device_name(0)}"
-        results = run_cuda(cells, args.providers, args)
-    else:
-        device = f"cpu-{platform.machine()}"
-        preimport(args.providers, args.variants)
-        results = run_cpu(cells, args.providers, args)
+    results: list[Result] = []
+    # `timeout` and batch schedulers stop a run with SIGTERM: write what was measured, then fail.
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = False
+    cuda = args.device == "cuda"
+    device = f"cuda-{torch.cuda.get_device_name(0)}" if cuda else f"cpu-{platform.machine()}"
+    try:
+        if cuda:
+            run_cuda(cells, args.providers, args, results)
+        else:
+            preimport(args.providers, args.variants)
+            run_cpu(cells, args.providers, args, results)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"interrupted after {len(results)} of {len(cells) * len(args.providers)} measurements")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    args.interrupted = interrupted
     md_path = write_reports(results, args, device, started, load_start)
     print(f"written {md_path} and {md_path.with_suffix('.csv')}")
     for row in goal_rows(results):
         print(f"goal {row['variant']}: {row['verdict']}")
+    if interrupted:
+        sys.exit(1)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -73,3 +73,23 @@ def test_tiny_cpu_run_reports_wrong_provider_as_fail(tmp_path: Path) -> None:
     markdown = (tmp_path / f"kernels_cpu-{platform.machine()}.md").read_text()
     assert "FAIL wrong at N=40" in markdown
     assert "CUDA goals: not measured: no GPU in this run." in markdown
+
+
+def test_interrupted_run_writes_what_it_measured(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    from benchmarks import kernels
+
+    def measure_one_then_stop(cells, providers, args, results):
+        results.append(kernels.Result("plain", 64, 16, "chunked", "ok", time_median_ms=1.0, mem_extra_mb=0.0))
+        raise KeyboardInterrupt  # what SIGTERM from `timeout` becomes
+
+    monkeypatch.setattr(kernels, "run_cpu", measure_one_then_stop)
+    monkeypatch.setattr(kernels, "preimport", lambda providers, variants: None)
+    argv = ["--device=cpu", "--n=64", "--d=16", "--variants", "plain", "clip", "--providers", "chunked"]
+    with pytest.raises(SystemExit) as stopped:
+        kernels.main([*argv, "--no-goal", "--small-n=0", f"--out={tmp_path}"])
+    assert stopped.value.code == 1
+    rows = list(csv.DictReader((tmp_path / f"kernels_cpu-{platform.machine()}.csv").open()))
+    assert [(r["variant"], r["provider"], r["status"]) for r in rows] == [("plain", "chunked", "ok")]
+    assert "**Interrupted**" in (tmp_path / f"kernels_cpu-{platform.machine()}.md").read_text()
