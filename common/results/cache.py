@@ -26,8 +26,13 @@ __all__ = [
     "load_torch",
     "read_json",
     "save_torch",
+    "training_key",
     "write_json",
 ]
+
+# Run-config keys that never change what a run trains: where it writes, which cell it fills, the sweeper's
+# objective. `protocol.report` (which of the computed metrics a cell reports) is dropped too.
+NOT_TRAINING_KEYS = ("runtime", "cell", "table", "hydra", "objective")
 
 
 def cache_key(*parts: Any, length: int = 16) -> str:
@@ -36,6 +41,20 @@ def cache_key(*parts: Any, length: int = 16) -> str:
     Put a version number among the parts and bump it when the cached computation changes."""
     text = json.dumps(list(parts), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def training_key(cfg: Any, version: int, length: int = 20) -> str:
+    """Cache key of what a run trains: its resolved config without `NOT_TRAINING_KEYS` and `protocol.report`.
+
+    Cells that report different metrics of one training (or sit in different tables) share an entry; bump
+    `version` when the cached computation changes."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for key in NOT_TRAINING_KEYS:
+        config.pop(key, None)
+    config.get("protocol", {}).pop("report", None)
+    return cache_key(version, config, length=length)
 
 
 def cache_dir(cfg: Any, namespace: str) -> Path:

@@ -35,7 +35,7 @@ from common.lit import Pipeline, RunContext
 from common.lit.pipeline import with_reported_value
 from common.lit.recommender import ImplicitFeedbackDataModule
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, cached_metrics
+from common.results.cache import cache_dir, cached_metrics, training_key
 from papers.nbpo.loss import bpo_loss, bpr_loss, nbpo_surrogate_loss
 from papers.nbpo.model import FlipFactorization, preference_model
 from papers.nbpo.sampling import popularity_weights, sample_unvoted
@@ -45,7 +45,6 @@ SAMPLERS = ("uniform", "popularity")
 # Bump when what a run computes changes, so old cache files are not reused.
 _CACHE_VERSION = 1
 # Run-config keys that do not change a training (where results go, which metric a cell shows).
-_NOT_TRAINING = ("runtime", "cell", "table", "hydra", "objective")
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "SampledMFPipeline", "evaluate_scores", "train_sampled_mf"]
 
@@ -208,7 +207,7 @@ class SampledMFPipeline(Pipeline):
             metrics, context.curves = self._train(cfg, datamodule, protocol)
             return metrics
 
-        path = cache_dir(cfg, "nbpo") / f"{self._training_key(cfg)}.json"
+        path = cache_dir(cfg, "nbpo") / f"{training_key(cfg, _CACHE_VERSION)}.json"
         return with_reported_value(cached_metrics(path, context, train), protocol.get("report"))
 
     def _train(self, cfg: Any, datamodule: ImplicitFeedbackDataModule, protocol: Any):
@@ -232,14 +231,6 @@ class SampledMFPipeline(Pipeline):
             device="cuda" if use_cuda else "cpu",
             **self.params,
         )
-
-    @staticmethod
-    def _training_key(cfg: Any) -> str:
-        config = OmegaConf.to_container(cfg, resolve=True)
-        for key in _NOT_TRAINING:
-            config.pop(key, None)
-        config.get("protocol", {}).pop("report", None)
-        return cache_key(_CACHE_VERSION, config, length=20)
 
 
 @register_method("nbpo_bpr")

@@ -28,14 +28,13 @@ from common.lit import Pipeline, RunContext
 from common.lit.pipeline import with_reported_value
 from common.lit.recommender import ImplicitFeedbackDataModule
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, cached_metrics
+from common.results.cache import cache_dir, cached_metrics, training_key
 from papers.rel_mf.module import NaiveMF, OracleMF, PointwiseMF, RelMF, WeightedMF
 
 SAMPLINGS = ("balanced", "uniform")
 # Bump when what a run computes changes, so old cache files are not reused.
 _CACHE_VERSION = 1
 # Run-config keys that do not change a training (where its results go, which metric a cell shows).
-_NOT_TRAINING = ("runtime", "cell", "table", "hydra", "objective")
 
 
 class PairBatchSampler(Sampler):
@@ -95,7 +94,7 @@ class RecommenderPipeline(Pipeline):
             metrics, context.curves = self._train(context, protocol)
             return metrics
 
-        path = cache_dir(cfg, "rel_mf") / f"{_training_key(cfg)}.json"
+        path = cache_dir(cfg, "rel_mf") / f"{training_key(cfg, _CACHE_VERSION)}.json"
         return with_reported_value(cached_metrics(path, context, train), protocol.get("report"))
 
     def _train(self, context: RunContext, protocol: Any) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -163,11 +162,3 @@ class OracleMFPipeline(RecommenderPipeline):
     """MF on the true relevance labels (simulation only)."""
 
     module_class = OracleMF
-
-
-def _training_key(cfg: Any) -> str:
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for key in _NOT_TRAINING:
-        config.pop(key, None)
-    config.get("protocol", {}).pop("report", None)
-    return cache_key(_CACHE_VERSION, config, length=20)

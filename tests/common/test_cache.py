@@ -18,6 +18,7 @@ from common.results.cache import (
     load_torch,
     read_json,
     save_torch,
+    training_key,
     write_json,
 )
 
@@ -96,3 +97,20 @@ def test_cached_metrics_computes_once_and_restores_the_curves(tmp_path: Path) ->
     assert with_reported_value(again, None) == again
     with pytest.raises(UserError, match="protocol.report='test/ndcg@5' is not a recorded metric"):
         with_reported_value(again, "test/ndcg@5")
+
+
+def test_training_key_ignores_where_and_what_is_reported_but_not_what_is_trained() -> None:
+    base = {"method": {"name": "bpr", "lr": 0.01}, "seed": 0, "protocol": {"ks": [5], "report": "ndcg@5"}}
+    same_training = {
+        **base,
+        "protocol": {"ks": [5], "report": "f1@5"},  # another metric of the same training
+        "runtime": {"output_root": "/elsewhere"},
+        "cell": {"row": "BPR", "column": "NDCG@5"},
+        "table": "top_k",
+    }
+    key = training_key(OmegaConf.create(base), 1)
+    assert key == training_key(OmegaConf.create(same_training), 1)
+    expected = {"method": base["method"], "seed": 0, "protocol": {"ks": [5]}}
+    assert key == cache_key(1, expected, length=20)  # the keys the papers' caches were written under
+    assert key != training_key(OmegaConf.create({**base, "seed": 1}), 1)
+    assert key != training_key(OmegaConf.create(base), 2)  # a new version invalidates old entries
