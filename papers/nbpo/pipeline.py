@@ -142,7 +142,8 @@ def train_sampled_mf(
     optimizer = torch.optim.SGD(groups, lr=lr)
     weights = popularity_weights(voted) if sampler == "popularity" else None
     curves: dict[str, list[float]] = {"train/loss": [], "test/ndcg@5": [], "test/observed/ndcg@5": []}
-    epoch_loss = torch.zeros((), device=device)
+    epoch_loss = torch.zeros((), device=device)  # summed over the epochs since the last evaluation
+    window_start = 0
     rate = lr
     for epoch in range(epochs):
         rate *= lr_decay  # the official code decays before each epoch's first step
@@ -171,10 +172,11 @@ def train_sampled_mf(
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             with torch.no_grad():
                 metrics = evaluate_scores(model.score_all(), feedback, [5])
-            curves["train/loss"].append(float(epoch_loss) / max(1, eval_every))
+            curves["train/loss"].append(float(epoch_loss) / (epoch + 1 - window_start))
             curves["test/ndcg@5"].append(metrics["test/ndcg@5"])
             curves["test/observed/ndcg@5"].append(metrics["test/observed/ndcg@5"])
             epoch_loss = torch.zeros((), device=device)
+            window_start = epoch + 1
     with torch.no_grad():
         scores = model.score_all()
     if not bool(torch.isfinite(scores).all()):

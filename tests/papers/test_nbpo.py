@@ -205,6 +205,17 @@ def test_training_improves_on_random_scores():
     assert 0.0 <= metrics["flip/voted_mean"] <= 1.0
 
 
+def test_loss_curve_is_the_mean_epoch_loss_of_each_evaluation_window():
+    from common.data.feedback import make_implicit_feedback
+
+    feedback = make_implicit_feedback(40, 30, seed=1, rank=3, zipf_exponent=0.5, exposure_power=0.5)
+    options = dict(objective="bpr", dim=4, epochs=3, batch_size=64, ks=(5,))
+    _, every_epoch = train_sampled_mf(feedback, eval_every=1, **options)
+    _, windows = train_sampled_mf(feedback, eval_every=2, **options)  # windows of 2 epochs, then 1
+    per_epoch = every_epoch["train/loss"]
+    assert windows["train/loss"] == pytest.approx([(per_epoch[0] + per_epoch[1]) / 2, per_epoch[2]], rel=1e-6)
+
+
 @pytest.mark.parametrize("row", ["BPR", "WBPR (popularity sampler)", "BPO", "NBPO"])
 def test_rows_run_through_the_harness(row: str, output_root: Path):
     spec = load_paper("nbpo")
