@@ -127,13 +127,13 @@ def vpu_mixup_regularizer(
 def bpr_loss(
     positive_scores: torch.Tensor, negative_scores: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
-    """Bayesian personalised ranking: softplus(s_neg - s_pos) = -log sigmoid(s_pos - s_neg), per triple."""
+    """Bayesian personalised ranking: -log sigmoid(s_pos - s_neg) (= softplus(s_neg - s_pos)), per triple."""
     if positive_scores.shape != negative_scores.shape:
         raise ValueError(
             f"positive and negative scores must pair up; got {tuple(positive_scores.shape)} and "
             f"{tuple(negative_scores.shape)}."
         )
-    losses = F.softplus(negative_scores - positive_scores)
+    losses = -F.logsigmoid(positive_scores - negative_scores)
     if reduction == "mean":
         return losses.mean()
     if reduction == "sum":

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from common.losses import bpr_loss as common_bpr_loss
+
 __all__ = ["bpo_loss", "bpr_loss", "nbpo_negative_log_likelihood", "nbpo_surrogate_loss"]
 
 
@@ -37,9 +39,9 @@ def _check(pos: torch.Tensor, neg: torch.Tensor) -> None:
 
 
 def bpr_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
-    """-sum log sigmoid(R_ui - R_uj) over every (voted, sampled unvoted) pair."""
+    """-sum log sigmoid(R_ui - R_uj) over every (voted, sampled unvoted) pair (common's BPR, summed)."""
     _check(pos_logits, neg_logits)
-    return -F.logsigmoid(pos_logits.unsqueeze(1) - neg_logits).sum()
+    return common_bpr_loss(pos_logits.unsqueeze(1).expand_as(neg_logits), neg_logits, reduction="sum")
 
 
 def bpo_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
