@@ -10,6 +10,9 @@ import torch
 
 from common.kernels._rowmath import RowStats
 
+# Whether one backward pass yields both gradients: yes, each similarity tile feeds both.
+SHARES_TILES_BETWEEN_GRADIENTS = True
+
 DEFAULT_BLOCK_ROWS = 512
 DEFAULT_BLOCK_COLS = 2048
 

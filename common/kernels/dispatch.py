@@ -204,14 +204,14 @@ class _InfoNCERows(torch.autograd.Function):
 
         want_query = need_query or need_temp
         grad_query = grad_key = grad_temp = None
-        if backend == "triton":
-            # Separate kernels anyway: finishing (and casting) one gradient before the next kernel runs keeps
-            # one float32 N x d buffer alive at a time instead of two.
+        if not _backend_module(backend).SHARES_TILES_BETWEEN_GRADIENTS:
+            # Separate passes anyway: finishing (and casting) one gradient before the next pass runs keeps one
+            # float32 N x d buffer alive at a time instead of two.
             if want_query:
                 grad_query, grad_temp = finish_query(negative_grads(True, False)[0])
             if need_key:
                 grad_key = finish_key(negative_grads(False, True)[1])
-        else:  # the chunked path shares each similarity tile between both gradients
+        else:  # one pass computes each similarity tile once for both gradients
             raw_query, raw_key = negative_grads(want_query, need_key)
             if raw_query is not None:
                 grad_query, grad_temp = finish_query(raw_query)

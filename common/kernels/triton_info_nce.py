@@ -17,6 +17,9 @@ from triton import knobs
 
 from common.kernels._rowmath import RowStats
 
+# Whether one backward pass yields both gradients: no, dquery and dkey are separate kernels.
+SHARES_TILES_BETWEEN_GRADIENTS = False
+
 # Triton decides at decoration time whether a kernel is compiled or interpreted.
 INTERPRETED: bool = bool(knobs.runtime.interpret)
 _NEG_INIT = tl.constexpr(-1.0e30)  # finite start of a running max, so exp(m_old - m_new) is never nan

@@ -20,6 +20,8 @@ from torch.utils._pytree import tree_flatten
 from common.kernels import dispatch, info_nce
 from common.kernels._rowmath import RowStats
 
+triton_info_nce = pytest.importorskip("common.kernels.triton_info_nce")  # the launchers' contract
+
 
 class PeakLiveStorage(TorchDispatchMode):
     """Peak bytes of tensor storage allocated inside the region and still alive."""
@@ -56,6 +58,8 @@ class PeakLiveStorage(TorchDispatchMode):
 
 class TritonLauncherStub:
     """What the Triton launchers allocate, without kernels: O(N) float32 statistics, float32 gradients."""
+
+    SHARES_TILES_BETWEEN_GRADIENTS = triton_info_nce.SHARES_TILES_BETWEEN_GRADIENTS
 
     @staticmethod
     def info_nce_row_stats(query: torch.Tensor, key: torch.Tensor, *args: Any, **blocks: Any) -> RowStats:
