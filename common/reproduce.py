@@ -28,9 +28,20 @@ from rich.table import Table
 from common.config import CONFIG_DIR, REPO_ROOT, compose_run_config, register_resolvers
 from common.errors import UserError
 from common.results.aggregate import TableResult, to_markdown, write_csv
-from common.results.claims import FAILED, HELD, ClaimResult, claims_markdown, evaluate_claim
+from common.results.claims import (
+    FAILED,
+    HELD,
+    INCONCLUSIVE,
+    NOT_EVALUATED,
+    ClaimResult,
+    claims_markdown,
+    evaluate_claim,
+    tally,
+    tally_text,
+)
 from common.results.paper_spec import PaperSpec, TableSpec, load_paper
-from common.results.record import RunRecord, config_hash, git_state, now, read_record
+from common.results.provenance import code_hashes
+from common.results.record import RunRecord, config_hash, git_state, read_record
 
 console = Console(highlight=False)
 LAUNCHERS = ("local", "submitit_local", "slurm")
@@ -45,13 +56,16 @@ class PlannedRun:
     overrides: list[str]
     run_dir: Path
     config_hash: str
+    paper_code_hash: str | None = None
     record: RunRecord | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
-        return (
-            self.record is not None and self.record.complete and self.record.config_hash == self.config_hash
-        )
+        """A complete record of this config, made by the paper's current code."""
+        return self.record is not None and self.record.complete and self.matches(self.record)
+
+    def matches(self, record: RunRecord) -> bool:
+        return record.config_hash == self.config_hash and record.paper_code_hash == self.paper_code_hash
 
     def refresh(self) -> None:
         record = read_record(self.run_dir)
@@ -128,6 +142,7 @@ def plan(
 ) -> list[PlannedRun]:
     """Every (cell, seed) of the tables, with its composed config hash and any existing matching record."""
     planned = []
+    paper_code_hash = code_hashes(paper.key).paper
     for table in tables:
         for label, chosen, known in (("row", rows, table.rows), ("column", columns, table.columns)):
             unknown = sorted(set(chosen or []) - set(known))
@@ -146,7 +161,14 @@ def plan(
                 ) from err
             for seed, seed_overrides, cfg in zip(seeds, overrides, configs, strict=True):
                 run = PlannedRun(
-                    table.id, row, column, seed, seed_overrides, Path(cfg.runtime.run_dir), config_hash(cfg)
+                    table.id,
+                    row,
+                    column,
+                    seed,
+                    seed_overrides,
+                    Path(cfg.runtime.run_dir),
+                    config_hash(cfg),
+                    paper_code_hash,
                 )
                 run.refresh()
                 planned.append(run)
@@ -198,7 +220,7 @@ def _count_finished(runs: list[PlannedRun]) -> int:
     finished = 0
     for run in runs:
         record = read_record(run.run_dir)
-        finished += record is not None and record.config_hash == run.config_hash
+        finished += record is not None and run.matches(record)
     return finished
 
 
@@ -226,34 +248,63 @@ def write_results(
     (results_dir / "claims.md").write_text(claims_markdown(paper.title, scale, claim_results))
     manifest_path = results_dir / "manifest.json"
     previous = _read_manifest(manifest_path)
+    manifest = build_manifest(paper, tables, runs, scale, seeds, claim_results)
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    if previous is not None:
+        _report_changed_values(changed_values(previous, manifest), previous)
+    return table_results, claim_results
+
+
+def _portable(override: str) -> str | None:
+    """Overrides as a reader can reuse them: the machine's output folder is left out."""
+    return None if override.startswith("runtime.output_root=") else override
+
+
+def build_manifest(
+    paper: PaperSpec,
+    tables: list[TableSpec],
+    runs: list[PlannedRun],
+    scale: str,
+    seeds: list[int],
+    claims: list[ClaimResult],
+) -> dict[str, Any]:
+    """Every run's values and provenance, the code it ran, and the claims' verdicts with intervals."""
     metric_of = {t.id: t.metric for t in tables}
+    # The metrics a reader needs to check the tables and claims against the runs.
+    metrics_of = {t.id: sorted({t.metric, *(c.metric for c in t.claims if c.metric)}) for t in tables}
     sha, dirty = git_state()
-    manifest = {
+    hashes = code_hashes(paper.key)
+    records = [r.record for r in runs if r.record is not None]
+    return {
         "paper": paper.key,
         "scale": scale,
         "seeds": seeds,
-        "generated_at": now(),
         "git_sha": sha,
-        "git_dirty": dirty,
+        "git_dirty": bool(dirty) or any(rec.git_dirty is not False for rec in records),
+        **hashes.as_dict(),
+        "claims_totals": dict(tally(claims)),
+        "claims": [c.as_dict() for c in claims],
         "runs": [
             {
                 "table": r.table,
                 "row": r.row,
                 "column": r.column,
                 "seed": r.seed,
-                "config_hash": r.config_hash,
-                "overrides": r.overrides,
-                "status": r.record.status if r.record else "missing",
-                "wall_time_s": r.record.wall_time_s if r.record else None,
+                "metric": metric_of[r.table],
                 "value": r.record.metrics.get(metric_of[r.table]) if r.record else None,
+                "metrics": {m: r.record.metrics.get(m) for m in metrics_of[r.table]} if r.record else {},
+                "status": r.record.status if r.record else "missing",
+                "config_hash": r.config_hash,
+                "paper_code_hash": r.record.paper_code_hash if r.record else None,
+                "common_code_hash": r.record.common_code_hash if r.record else None,
+                "git_sha": r.record.git_sha if r.record else None,
+                "git_dirty": r.record.git_dirty if r.record else None,
+                "wall_time_s": r.record.wall_time_s if r.record else None,
+                "overrides": [o for o in map(_portable, r.overrides) if o is not None],
             }
             for r in runs
         ],
     }
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    if previous is not None:
-        _report_changed_values(changed_values(previous, manifest), previous)
-    return table_results, claim_results
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
@@ -294,7 +345,7 @@ def _report_changed_values(
     if not changed:
         return
     key, old, new = max(changed, key=lambda item: abs(item[2] - item[1]))
-    when = f"generated {previous.get('generated_at', '?')}, git {str(previous.get('git_sha', '?'))[:8]}"
+    when = f"git {str(previous.get('git_sha', '?'))[:8]}"
     console.print(
         f"[yellow]{len(changed)} run(s) measured a different value than the previous results in this "
         f"folder ({when}) with the same config[/yellow]; largest change {old:g} -> {new:g} at "
@@ -324,14 +375,20 @@ def print_results(tables: list[TableResult], claims: list[ClaimResult]) -> None:
             table.add_row(row, *cells)
         console.print(table)
     if claims:
-        table = Table(title="claims", title_justify="left")
-        for name in ("claim", "status", "measured"):
-            table.add_column(name, overflow="fold")
-        style = {HELD: "green", FAILED: "red"}
-        for item in claims:
-            status = f"[{style.get(item.status, 'yellow')}]{item.status}[/]"
-            table.add_row(item.claim.text, status, item.detail)
-        console.print(table)
+        style = {HELD: "green", FAILED: "red", INCONCLUSIVE: "yellow", NOT_EVALUATED: "dim"}
+        for title, group in (
+            ("confirmatory claims (pre-registered; counted)", [c for c in claims if c.confirmatory]),
+            ("exploratory claims (not counted)", [c for c in claims if not c.confirmatory]),
+        ):
+            if not group:
+                continue
+            table = Table(title=title, title_justify="left")
+            for name in ("claim", "verdict", "measured (95% CI)"):
+                table.add_column(name, overflow="fold")
+            for item in group:
+                table.add_row(item.claim.text, f"[{style[item.status]}]{item.status}[/]", item.detail)
+            console.print(table)
+        console.print(f"confirmatory: {tally_text(tally(claims))}")
 
 
 def reproduce(cfg: DictConfig) -> int:

@@ -29,6 +29,7 @@ from common.experiment import (
 )
 from common.lit.pipeline import Pipeline, RunContext
 from common.registry import lookup
+from common.results.provenance import code_hashes_at_start
 from common.results.record import (
     STATUS_COMPLETE,
     STATUS_FAILED,
@@ -92,7 +93,16 @@ def execute(cfg: DictConfig) -> RunRecord:
     run_dir = Path(cfg.runtime.run_dir)
     chash = config_hash(cfg)
     existing = read_record(run_dir)
-    if existing and existing.complete and existing.config_hash == chash and not cfg.runtime.force:
+    same_code = (
+        existing is not None and existing.paper_code_hash == code_hashes_at_start(str(cfg.paper)).paper
+    )
+    if (
+        existing
+        and existing.complete
+        and existing.config_hash == chash
+        and same_code
+        and not cfg.runtime.force
+    ):
         log.info("complete record found in %s; skipping", run_dir)
         return existing
     configure_runtime(cfg.runtime.get("num_threads"))
@@ -109,6 +119,7 @@ def execute(cfg: DictConfig) -> RunRecord:
         started_at=now(),
         git_sha=sha,
         git_dirty=dirty,
+        **code_hashes_at_start(str(cfg.paper)).as_dict(),
         packages=package_versions(),
         device=device_info(),
         precision=str(cfg.trainer.get("precision")),

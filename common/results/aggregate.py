@@ -58,14 +58,28 @@ class TableResult:
         ]
         return cell_stats(v for v in values if v is not None)
 
+    def by_seed(self, row: str, column: str, metric: str | None = None) -> dict[int, float]:
+        """The cell's finite values keyed by seed (complete runs only)."""
+        metric = metric or self.spec.metric
+        out = {}
+        for r in self.records:
+            if r.complete and r.cell.get("row") == row and r.cell.get("column") == column:
+                value = r.metrics.get(metric)
+                if value is not None and math.isfinite(value):
+                    out[r.seed] = float(value)
+        return out
+
     def slope(self, row: str, metric: str | None = None) -> CellStats:
         """Per-seed least-squares slope of log(metric) against log(x) over the columns of a rate table;
         seeds with fewer than two positive values are left out."""
+        return cell_stats(self.slopes_by_seed(row, metric).values())
+
+    def slopes_by_seed(self, row: str, metric: str | None = None) -> dict[int, float]:
         rate = self.spec.rate
         if rate is None:
-            return EMPTY
+            return {}
         metric = metric or self.spec.metric
-        slopes = []
+        slopes = {}
         for seed in self.seeds():
             points = [
                 (rate.x[str(r.cell.get("column"))], r.metrics.get(metric))
@@ -76,8 +90,8 @@ class TableResult:
             points = [(x, y) for x, y in points if y is not None and math.isfinite(y) and y > 0]
             if len({x for x, _ in points}) >= 2:
                 xs, ys = np.log([p[0] for p in points]), np.log([p[1] for p in points])
-                slopes.append(float(np.polyfit(xs, ys, 1)[0]))
-        return cell_stats(slopes)
+                slopes[seed] = float(np.polyfit(xs, ys, 1)[0])
+        return slopes
 
     def failed(self, row: str, column: str) -> list[RunRecord]:
         return [

@@ -1,15 +1,65 @@
-"""Evaluate a paper's claims over measured tables: comparisons between cells, tolerance to a reported number,
-orderings and bounds. A claim whose cells are missing is `not evaluated`, never silently held."""
+"""Evaluate a paper's claims over measured tables, with uncertainty.
+
+Each comparison a claim makes (one cell against a bound, two cells, two gaps, a fitted slope) gets a 95%
+confidence interval over seeds (`common.results.intervals`) and a three-valued verdict: `held` when the
+interval clears the threshold, `failed` when it lies wholly on the wrong side, `inconclusive` otherwise. A
+claim of several comparisons (several columns, an ordering) holds when all of them hold and fails when any
+fails. A claim whose cells are missing is `not evaluated`, never silently held. Confirmatory claims (the
+pre-registered ones) count in the totals; exploratory ones are shown apart."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
-from common.results.aggregate import CellStats, TableResult
+from common.results.aggregate import CellStats, TableResult, cell_stats
+from common.results.intervals import (
+    FAILED,
+    HELD,
+    INCONCLUSIVE,
+    Interval,
+    combine,
+    contrast_interval,
+    probability_of_improvement,
+    verdict_above,
+    verdict_below,
+    verdict_within,
+)
 from common.results.paper_spec import Claim
 
-HELD, FAILED, NOT_EVALUATED = "held", "failed", "not evaluated"
+NOT_EVALUATED = "not evaluated"
+VERDICTS = (HELD, FAILED, INCONCLUSIVE, NOT_EVALUATED)
+# The heading that marks a claims file of this format; the pre-registration check looks for it.
+CONFIRMATORY_HEADING = "## Confirmatory claims"
+
+__all__ = ["FAILED", "HELD", "INCONCLUSIVE", "NOT_EVALUATED", "ClaimResult", "Check", "evaluate_claim"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison of a claim: what was compared, its interval, what it needs, and the verdict."""
+
+    what: str
+    interval: Interval
+    needs: str
+    verdict: str
+    probability_of_improvement: float | None = None
+
+    def text(self, digits: int) -> str:
+        pi = self.probability_of_improvement
+        better = "" if pi is None else f"; P(improvement) {pi:.2f}"
+        measured = self.interval.text(digits, signed=True)
+        return f"{self.what}: {measured}{better}; needs {self.needs}: {self.verdict}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            **self.interval.as_dict(),
+            "needs": self.needs,
+            "verdict": self.verdict,
+            "probability_of_improvement": self.probability_of_improvement,
+        }
 
 
 @dataclass(frozen=True)
@@ -18,6 +68,22 @@ class ClaimResult:
     table: str
     status: str
     detail: str
+    checks: tuple[Check, ...] = field(default=())
+
+    @property
+    def confirmatory(self) -> bool:
+        return self.claim.confirmatory
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.claim.id,
+            "text": self.claim.text,
+            "table": self.table,
+            "confirmatory": self.confirmatory,
+            "status": self.status,
+            "detail": self.detail,
+            "checks": [c.as_dict() for c in self.checks],
+        }
 
 
 def _label(ref: dict[str, Any]) -> str:
@@ -29,33 +95,60 @@ def _describe(stats: CellStats, digits: int = 2) -> str:
 
 
 def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> ClaimResult:
-    """One claim against one table's measured cells (means over seeds)."""
+    """One claim against one table's measured cells."""
+    table_id = result.spec.id
+    if claim.not_evaluated:
+        return ClaimResult(claim, table_id, NOT_EVALUATED, claim.not_evaluated)
     if claim.scale != result.scale:
-        return ClaimResult(claim, result.spec.id, NOT_EVALUATED, f"claim is for scale {claim.scale}")
+        return ClaimResult(claim, table_id, NOT_EVALUATED, f"claim is for scale {claim.scale}")
     metric = claim.metric or result.spec.metric
     spec = claim.spec
     d = result.spec.digits
 
-    def stats(ref: dict[str, Any]) -> CellStats:
-        return result.stats(ref["row"], ref["column"], metric)
+    def cell(ref: dict[str, Any]) -> dict[int, float]:
+        return result.by_seed(ref["row"], ref["column"], metric)
 
-    checks: list[tuple[bool, str]] = []
+    def described(ref: dict[str, Any]) -> str:
+        return f"{_label(ref)} {_describe(cell_stats(cell(ref).values()), d)}"
+
+    checks: list[Check] = []
     refs: list[dict[str, Any]] = []
+
+    def greater(left: dict[str, Any], right: dict[str, Any], margin: float) -> None:
+        refs.extend([left, right])
+        a, b = cell(left), cell(right)
+        interval = contrast_interval([(1.0, a), (-1.0, b)])
+        checks.append(
+            Check(
+                f"{described(left)} − {described(right)}",
+                interval,
+                f"> {margin:g}",
+                verdict_above(interval, margin),
+                probability_of_improvement(a, b),
+            )
+        )
+
+    def bound(ref: dict[str, Any], value: float, at_most: bool) -> None:
+        refs.append(ref)
+        interval = contrast_interval([(1.0, cell(ref))])
+        verdict = verdict_below(interval, value) if at_most else verdict_above(interval, value, strict=False)
+        checks.append(Check(_label(ref), interval, f"{'<=' if at_most else '>='} {value:g}", verdict))
+
     if claim.kind == "greater":
         margin = float(spec.get("margin", 0.0))
-        columns = spec.get("columns") or [None]
-        for column in columns:
-            left = {**spec["left"], **({"column": column} if column else {})}
-            right = {**spec["right"], **({"column": column} if column else {})}
-            refs += [left, right]
-            a, b = stats(left), stats(right)
-            ok = a.mean > b.mean + margin
-            checks.append(
-                (
-                    ok,
-                    f"{_label(left)} {_describe(a, d)} vs {_label(right)} {_describe(b, d)}: "
-                    f"difference {a.mean - b.mean:+.{d}f} (needs > {margin:g})",
-                )
+        for column in spec.get("columns") or [None]:
+            with_column = {"column": column} if column else {}
+            greater({**spec["left"], **with_column}, {**spec["right"], **with_column}, margin)
+    elif claim.kind == "order":
+        cells = spec["cells"]
+        for upper, lower in zip(cells, cells[1:], strict=False):
+            greater(upper, lower, 0.0)
+    elif claim.kind in ("at_most", "at_least"):
+        for column in spec.get("columns") or [None]:
+            bound(
+                {**spec["cell"], **({"column": column} if column else {})},
+                float(spec["value"]),
+                claim.kind == "at_most",
             )
     elif claim.kind == "within":
         ref = spec["cell"]
@@ -64,99 +157,127 @@ def evaluate_claim(claim: Claim, result: TableResult, min_seeds: int = 1) -> Cla
         if target == "reported":
             reported = result.spec.reported_for(ref["row"], ref["column"], metric)
             if reported is None:
-                return ClaimResult(
-                    claim, result.spec.id, NOT_EVALUATED, f"no reported number for {_label(ref)}"
-                )
+                return ClaimResult(claim, table_id, NOT_EVALUATED, f"no reported number for {_label(ref)}")
             target = reported.value
-        a = stats(ref)
-        tolerance = float(spec["tolerance"])
+        target, tolerance = float(target), float(spec["tolerance"])
+        interval = contrast_interval([(1.0, cell(ref))])
         checks.append(
-            (
-                abs(a.mean - float(target)) <= tolerance,
-                f"{_label(ref)} {_describe(a, d)} vs {float(target):g}: "
-                f"|diff| {abs(a.mean - float(target)):.{d}f} "
-                f"(needs <= {tolerance:g})",
+            Check(
+                described(ref),
+                interval,
+                f"within {target:g} ± {tolerance:g}",
+                verdict_within(interval, target - tolerance, target + tolerance),
             )
         )
-    elif claim.kind == "order":
-        cells = spec["cells"]
-        refs += cells
-        values = [stats(ref) for ref in cells]
-        ok = all(x.mean > y.mean for x, y in zip(values, values[1:], strict=False))
-        chain = " > ".join(f"{_label(ref)} {_describe(v, d)}" for ref, v in zip(cells, values, strict=True))
-        checks.append((ok, f"needs {chain}"))
-    elif claim.kind in ("at_most", "at_least"):
-        columns = spec.get("columns") or [None]
-        bound = float(spec["value"])
-        for column in columns:
-            ref = {**spec["cell"], **({"column": column} if column else {})}
-            refs.append(ref)
-            a = stats(ref)
-            ok = a.mean <= bound if claim.kind == "at_most" else a.mean >= bound
-            sign = "<=" if claim.kind == "at_most" else ">="
-            checks.append((ok, f"{_label(ref)} {_describe(a, d)} (needs {sign} {bound:g})"))
     elif claim.kind == "gap_greater":
         # (minuend - subtrahend) at the first column exceeds the same gap at the second: "the gain shrinks".
         margin = float(spec.get("margin", 0.0))
-        gaps = []
-        for column in spec["columns"]:
-            top, bottom = {**spec["minuend"], "column": column}, {**spec["subtrahend"], "column": column}
-            refs += [top, bottom]
-            gaps.append((column, stats(top).mean - stats(bottom).mean))
-        (first, a), (second, b) = gaps
+        (first, second) = spec["columns"]
         row_a, row_b = spec["minuend"]["row"], spec["subtrahend"]["row"]
+        four = [
+            {"row": row_a, "column": first},
+            {"row": row_b, "column": first},
+            {"row": row_a, "column": second},
+            {"row": row_b, "column": second},
+        ]
+        refs.extend(four)
+        interval = contrast_interval(
+            [(c, cell(r)) for c, r in zip((1.0, -1.0, -1.0, 1.0), four, strict=True)]
+        )
         checks.append(
-            (
-                a > b + margin,
-                f"{row_a} − {row_b}: {a:+.{d}f} @ {first} vs {b:+.{d}f} @ {second} "
-                f"(needs the first larger by > {margin:g})",
+            Check(
+                f"({row_a} − {row_b}) @ {first} minus the same @ {second}",
+                interval,
+                f"> {margin:g}",
+                verdict_above(interval, margin),
             )
         )
     elif claim.kind == "slope":
         row = spec["row"]
-        slope = result.slope(row, metric)
-        if slope.n < min_seeds:
+        slopes = result.slopes_by_seed(row, metric)
+        if len(slopes) < min_seeds:
             return ClaimResult(
-                claim, result.spec.id, NOT_EVALUATED, f"fewer than {min_seeds} seeds with a slope for {row}"
+                claim, table_id, NOT_EVALUATED, f"fewer than {min_seeds} seeds with a slope for {row}"
             )
-        bounds = []
+        interval = contrast_interval([(1.0, slopes)])
+        what = f"log-log slope of {row}"
         if "target" in spec:
             target, tolerance = float(spec["target"]), float(spec["tolerance"])
-            bounds.append((abs(slope.mean - target) <= tolerance, f"|slope - {target:g}| <= {tolerance:g}"))
+            verdict = verdict_within(interval, target - tolerance, target + tolerance)
+            checks.append(Check(what, interval, f"within {target:g} ± {tolerance:g}", verdict))
         if "min" in spec:
-            bounds.append((slope.mean >= float(spec["min"]), f">= {float(spec['min']):g}"))
+            checks.append(
+                Check(
+                    what, interval, f">= {spec['min']:g}", verdict_above(interval, float(spec["min"]), False)
+                )
+            )
         if "max" in spec:
-            bounds.append((slope.mean <= float(spec["max"]), f"<= {float(spec['max']):g}"))
-        needs = " and ".join(text for _, text in bounds)
-        detail = f"log-log slope of {row} {_describe(slope, max(d, 2))} (needs {needs})"
-        checks.append((all(ok for ok, _ in bounds), detail))
-    missing = [r for r in refs if stats(r).n < min_seeds]
-    detail = "; ".join(text for _, text in checks)
+            checks.append(
+                Check(what, interval, f"<= {spec['max']:g}", verdict_below(interval, float(spec["max"])))
+            )
+    missing = [r for r in refs if len(cell(r)) < min_seeds]
     if missing:
         return ClaimResult(
             claim,
-            result.spec.id,
+            table_id,
             NOT_EVALUATED,
             f"fewer than {min_seeds} seeds for {', '.join(_label(r) for r in missing)}",
         )
-    return ClaimResult(claim, result.spec.id, HELD if all(ok for ok, _ in checks) else FAILED, detail)
+    digits = max(d, 2)
+    detail = "; ".join(c.text(digits) for c in checks)
+    return ClaimResult(claim, table_id, combine([c.verdict for c in checks]), detail, tuple(checks))
 
 
-def claims_markdown(paper_title: str, scale: str, results: list[ClaimResult]) -> str:
-    mark = {HELD: "held", FAILED: "**failed**", NOT_EVALUATED: "not evaluated"}
+def tally(results: list[ClaimResult]) -> Counter:
+    """Verdict counts of the confirmatory claims."""
+    return Counter(r.status for r in results if r.confirmatory)
+
+
+def tally_text(counts: Counter) -> str:
+    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+
+
+_MARK = {HELD: "held", FAILED: "**failed**", INCONCLUSIVE: "*inconclusive*", NOT_EVALUATED: "not evaluated"}
+
+
+def _claim_rows(results: list[ClaimResult]) -> list[str]:
+    if not results:
+        return ["None."]
     lines = [
-        f"# Claims: {paper_title} (scale `{scale}`)",
-        "",
-        "Each claim is evaluated on the mean over seeds of the cells it names.",
-        "",
-        "| claim | table | status | measured |",
+        "| claim | table | verdict | measured (difference or value, 95% CI, test, seeds; threshold) |",
         "|---|---|---|---|",
     ]
     for item in results:
         lines.append(
-            f"| {item.claim.text} (`{item.claim.id}`) | {item.table} | {mark[item.status]} | {item.detail} |"
+            f"| {item.claim.text} (`{item.claim.id}`) | {item.table} | {_MARK[item.status]} | {item.detail} |"
         )
-    held = sum(r.status == HELD for r in results)
-    failed = sum(r.status == FAILED for r in results)
-    lines += ["", f"{held} held, {failed} failed, {len(results) - held - failed} not evaluated."]
+    return lines
+
+
+def claims_markdown(paper_title: str, scale: str, results: list[ClaimResult]) -> str:
+    confirmatory = [r for r in results if r.confirmatory]
+    exploratory = [r for r in results if not r.confirmatory]
+    lines = [
+        f"# Claims: {paper_title} (scale `{scale}`)",
+        "",
+        "Each comparison gives the difference (or value) with its 95% confidence interval over seeds: "
+        "paired t where the cells share seeds, Welch otherwise. `held`: the interval clears the threshold; "
+        "`failed`: it lies wholly on the wrong side; `inconclusive`: otherwise. A claim of several "
+        "comparisons holds when all hold and fails when any fails. P(improvement) is the chance that a run "
+        "of the left cell beats a run of the right one.",
+        "",
+        CONFIRMATORY_HEADING,
+        "",
+        "Pre-registered (the catalog's claim for this paper), committed before these results.",
+        "",
+        *_claim_rows(confirmatory),
+        "",
+        f"Confirmatory: {tally_text(tally(results))}.",
+        "",
+        "## Exploratory claims",
+        "",
+        "Added after results were seen: shown, not counted.",
+        "",
+        *_claim_rows(exploratory),
+    ]
     return "\n".join(lines) + "\n"

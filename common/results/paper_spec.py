@@ -26,12 +26,33 @@ class Reported:
 
 @dataclass(frozen=True)
 class Claim:
+    """A claim over a table's cells. Confirmatory claims are the catalog's pre-registered ones and count in
+    the totals; `exploratory` ones (added after seeing results) are shown but not counted. A claim with
+    `not_evaluated` (the reason) cannot be evaluated at its scale and is listed with that reason."""
+
     id: str
     text: str
-    kind: str
+    kind: str | None
     scale: str
     spec: dict[str, Any]
     metric: str | None = None
+    exploratory: bool = False
+    not_evaluated: str | None = None
+
+    @property
+    def confirmatory(self) -> bool:
+        return not self.exploratory
+
+    def registration(self) -> dict[str, Any]:
+        """What pre-registration fixes: the text, kind, scale, metric and every threshold and cell."""
+        return {
+            "text": self.text,
+            "kind": self.kind,
+            "scale": self.scale,
+            "metric": self.metric,
+            "not_evaluated": self.not_evaluated,
+            **self.spec,
+        }
 
 
 @dataclass(frozen=True)
@@ -234,10 +255,28 @@ def _parse_claim(raw: dict[str, Any], rows: dict, columns: dict, where: str) -> 
             "max",
             "minuend",
             "subtrahend",
+            "exploratory",
+            "not_evaluated",
         },
         where,
     )
-    if raw["kind"] not in CLAIM_KINDS:
+    reason = raw.get("not_evaluated")
+    if reason is not None and not (isinstance(reason, str) and reason.strip()):
+        raise ValueError(f"{where}: claim {raw.get('id')!r}: not_evaluated must be the reason, as text")
+    if not isinstance(raw.get("exploratory", False), bool):
+        raise ValueError(f"{where}: claim {raw.get('id')!r}: exploratory must be true or false")
+    if reason is not None and "kind" not in raw:
+        return Claim(
+            raw["id"],
+            raw["text"],
+            None,
+            raw.get("scale", "mini"),
+            {},
+            None,
+            raw.get("exploratory", False),
+            reason,
+        )
+    if raw.get("kind") not in CLAIM_KINDS:
         raise ValueError(
             f"{where}: claim {raw.get('id')!r} has kind {raw['kind']!r}; use one of {CLAIM_KINDS}"
         )
@@ -262,8 +301,18 @@ def _parse_claim(raw: dict[str, Any], rows: dict, columns: dict, where: str) -> 
         has_target = "target" in raw and "tolerance" in raw
         if not (has_target or "min" in raw or "max" in raw):
             raise ValueError(f"{where}: slope claim {raw['id']!r} needs target+tolerance, min or max")
-    spec = {k: v for k, v in raw.items() if k not in ("id", "text", "kind", "scale", "metric")}
-    return Claim(raw["id"], raw["text"], raw["kind"], raw.get("scale", "mini"), spec, raw.get("metric"))
+    meta = ("id", "text", "kind", "scale", "metric", "exploratory", "not_evaluated")
+    spec = {k: v for k, v in raw.items() if k not in meta}
+    return Claim(
+        raw["id"],
+        raw["text"],
+        raw["kind"],
+        raw.get("scale", "mini"),
+        spec,
+        raw.get("metric"),
+        raw.get("exploratory", False),
+        reason,
+    )
 
 
 def _claim_refs(raw: dict[str, Any]) -> list[dict[str, Any]]:

@@ -58,6 +58,8 @@ class RunRecord:
     precision: str | None = None
     effective_batch_size: int | None = None
     data_split_hash: str | None = None
+    paper_code_hash: str | None = None
+    common_code_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -86,7 +88,7 @@ def read_record(run_dir: Path) -> RunRecord | None:
     try:
         data = json.loads(path.read_text())
         return RunRecord(**data)
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+    except (OSError, ValueError, TypeError):  # missing, unreadable, undecodable or not a record: absent
         return None
 
 
@@ -94,15 +96,20 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+# What produces a run: a change here, tracked or not (an untracked file included), makes its record dirty.
+CODE_PATHS = ("common", "conf", "papers", "hydra_plugins", "pyproject.toml")
+
+
 def git_state(repo: Path | None = None) -> tuple[str | None, bool | None]:
-    """(HEAD sha, whether tracked files differ from it); (None, None) outside a git checkout."""
+    """(HEAD sha, whether the code paths differ from it, untracked files included); (None, None) outside a
+    git checkout. Changes elsewhere (results, READMEs) do not make a run dirty."""
     cwd = repo or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS],
             cwd=cwd,
             capture_output=True,
             text=True,

@@ -507,4 +507,9 @@ class IAMCL2RPipeline(Pipeline):
         if accuracies:
             metrics["test/acc"] = accuracies[-1]
             metrics["test/acc_avg"] = float(np.mean(accuracies))
+        # The first replacement after task 0: the replaced model's queries against the task-0 gallery minus
+        # the task-0 model's self-test, M[r][0] - M[0][0] (%), >= 0 when the replacement is compatible.
+        if later := [r for r in scenario.replace_ids if 0 < r < len(tasks)]:
+            gap = matrix[min(later), 0] - matrix[0, 0]
+            metrics["test/replacement_cross_minus_old_self"] = 100.0 * float(gap)
         return metrics

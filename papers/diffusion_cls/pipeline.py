@@ -98,6 +98,15 @@ class DiffusionFeatureProbe(Pipeline):
         metrics["test/acc"] = head_accuracy(head, test_x.to(device), test_y)
         metrics["train/acc"] = head_accuracy(head, train_x.to(device), train_y)
         metrics["feature_dim"] = float(train_x[0].numel())
+        if self.select is not None:
+            # The chosen block at the grid's largest t (0.9 T): how much accuracy the chosen t gains over it.
+            largest = max(int(t) for t in self.select["timesteps"])
+            far_x, far_y, far_test, far_test_y = extractor.features(
+                largest, block, self.pool_size, self._blocks()
+            )
+            far_head = self._fit(far_x, far_y, num_classes, seed, device)
+            metrics["test/acc_at_largest_t"] = head_accuracy(far_head, far_test.to(device), far_test_y)
+            metrics["test/acc_drop_at_largest_t"] = metrics["test/acc"] - metrics["test/acc_at_largest_t"]
         context.extra["unet_weights"] = extractor.weights_description
         context.extra["timestep"], context.extra["block"] = int(timestep), str(block)
         return metrics

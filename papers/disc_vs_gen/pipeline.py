@@ -4,7 +4,8 @@ A run is not a Lightning fit but one of three protocols, chosen by the table's `
 - `learning_curve` (simulation): test error vs training-set size m in one dimension n, up to the first m whose
   error is within `protocol.tolerance` of the Bayes error (the official stopping rule);
 - `scaling` (simulation): the learning curves of every n in `protocol.dims` and fits of the samples-to-
-  asymptote m(n) against n (power-law exponent, slope per ln n, slope per feature);
+  asymptote m(n) against n (power-law exponent, slope per ln n, slope per feature), and the ratio of m at
+  the last and the first n;
 - `linear_eval` (frozen features): the backbone's features are extracted once (cached), the classifier is fit
   on `protocol.repeats` random training subsets of `samples_per_class * K` examples (null: all) and scored
   on the test split, as the official `main_train_offline.py` does (min-max scaling fit on the subset).
@@ -132,6 +133,7 @@ class LinearClassifierPipeline(Pipeline):
             metrics[f"samples_to_asymptote/n={dim}"] = float(curve.samples_to_asymptote)
         fits = fit_scaling(dims, samples)
         metrics.update({f"scaling/{name}": value for name, value in fits.items()})
+        metrics["scaling/ratio"] = float(samples[-1] / samples[0])  # m(last n) / m(first n) of protocol.dims
         metrics["samples_to_asymptote_reached"] = float(all(reached))
         context.curves = {"samples_to_asymptote": list(map(float, samples)), "dims": list(map(float, dims))}
         return metrics

@@ -4,8 +4,8 @@ Evaluation is ranking-based, as in the paper: top-k accuracy (torchmetrics) of t
 the data module's evaluation split, every epoch; the last epoch is the reported number. Classes are ranked by
 what each loss models: the logits, or for the Taylor and spherical softmaxes (not increasing in the logit)
 their normalised outputs. Each run also measures
-how much its own loss moves when the logits are shifted (o + beta) or scaled (alpha * o), which is the
-invariance the Z-loss is built to have.
+how much its own loss moves when the logits are shifted (o + beta), scaled (alpha * o) or both
+(alpha * o + beta), which is the invariance the Z-loss is built to have.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ class NextTokenModule(ClassificationModule):
     """Trains on one loss of the spherical-family comparison; reports top-k accuracy (%) for k in ``top_k``.
 
     Records ``<split>/top{k}`` for every k (``<split>/acc`` = top-1), ``<split>/loss`` and the absolute
-    change of the mean loss under a shift (``<split>/loss_change_shift``) and a scaling
-    (``<split>/loss_change_scale``) of the logits, ``<split>`` being the data module's evaluation split
-    (``test`` or ``validation``)."""
+    change of the mean loss under a shift (``<split>/loss_change_shift``), a scaling
+    (``<split>/loss_change_scale``) and both at once, o -> SCALE * o + SHIFT (``<split>/loss_change_affine``)
+    of the logits, ``<split>`` being the data module's evaluation split (``test`` or ``validation``)."""
 
     def __init__(self, *args: Any, top_k: Sequence[int] = (1, 5, 10, 20), **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -50,8 +50,8 @@ class NextTokenModule(ClassificationModule):
         self.topk_metrics = MetricCollection({f"top{k}": MeanMetric() for k in self.top_k})
         self.curves.update({f"val/top{k}": [] for k in self.top_k})
         # Sums over the evaluation split, batch values times batch size: loss, |change| of the batch loss
-        # after a shift, |change| after a scaling, examples.
-        self.register_buffer("_invariance_stats", torch.zeros(4), persistent=False)
+        # after a shift, |change| after a scaling, |change| after both, examples.
+        self.register_buffer("_invariance_stats", torch.zeros(5), persistent=False)
         self._last_eval: dict[str, float] = {}
 
     def loss_fn(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -77,12 +77,14 @@ class NextTokenModule(ClassificationModule):
         loss = self.loss_fn(logits, target)
         shift_change = (self.loss_fn(logits + SHIFT, target) - loss).abs()
         scale_change = (self.loss_fn(SCALE * logits, target) - loss).abs()
-        self._invariance_stats += torch.stack([loss, shift_change, scale_change, logits.new_ones(())]) * count
+        affine_change = (self.loss_fn(SCALE * logits + SHIFT, target) - loss).abs()
+        changes = [loss, shift_change, scale_change, affine_change, logits.new_ones(())]
+        self._invariance_stats += torch.stack(changes) * count
 
     def on_validation_epoch_end(self) -> None:
         scores = {name: 100.0 * float(value) for name, value in self.topk_metrics.compute().items()}
         self.topk_metrics.reset()
-        loss, shift_change, scale_change, examples = self._invariance_stats.tolist()
+        loss, shift_change, scale_change, affine_change, examples = self._invariance_stats.tolist()
         self._invariance_stats.zero_()
         if self.trainer.sanity_checking:
             return
@@ -94,6 +96,7 @@ class NextTokenModule(ClassificationModule):
             "loss": loss / examples,
             "loss_change_shift": shift_change / examples,
             "loss_change_scale": scale_change / examples,
+            "loss_change_affine": affine_change / examples,
         }
         log_epoch_metrics(self, {f"val/top{k}": scores[f"top{k}"] for k in self.top_k})
 

@@ -49,7 +49,9 @@ def test_submitit_local_sweep_writes_tables_and_reuses_records(tmp_path: Path):
     assert "/ 89.15 ± 0.17" in markdown  # the paper's number beside ours
     manifest = json.loads((results / "manifest.json").read_text())
     assert {(r["row"], r["seed"]) for r in manifest["runs"]} == {("CE", 0), ("CE", 1), ("ELR", 0), ("ELR", 1)}
-    assert "ELR beats CE by at least 5 points" in (results / "claims.md").read_text()
+    claims = (results / "claims.md").read_text()
+    assert "## Confirmatory claims" in claims and "(catalog)" in claims.split("## Exploratory claims")[0]
+    assert "95% CI" in claims and manifest["claims"] and all(r["paper_code_hash"] for r in manifest["runs"])
     assert all(isinstance(r["value"], float) for r in manifest["runs"])  # the table metric, per run
 
     # A committed value that the same config no longer gives is reported (the code or environment changed).

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from common.results.aggregate import TableResult, cell_stats, to_markdown
-from common.results.claims import FAILED, HELD, NOT_EVALUATED, evaluate_claim
+from common.results.claims import FAILED, HELD, INCONCLUSIVE, NOT_EVALUATED, evaluate_claim
 from common.results.paper_spec import Claim, Reported, TableSpec
 from common.results.record import RunRecord
 
@@ -60,11 +60,20 @@ def test_cell_stats_mean_and_sample_std():
     assert cell_stats([]).n == 0 and math.isnan(cell_stats([]).mean)
 
 
+# Hand-computed: A@x - B@x per seed is [10, 11, 12]: mean 11, sd 1, t(0.975, 2) = 4.3027, so the paired 95%
+# interval is 11 ± 2.484 = [8.516, 13.484]. A@y - B@y is -1 at every seed: a zero-width interval at -1.
+T2 = 4.302652729911275
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
         ({"left": {"row": "A", "column": "x"}, "right": {"row": "B", "column": "x"}, "margin": 5}, HELD),
-        ({"left": {"row": "A", "column": "x"}, "right": {"row": "B", "column": "x"}, "margin": 12}, FAILED),
+        (
+            {"left": {"row": "A", "column": "x"}, "right": {"row": "B", "column": "x"}, "margin": 12},
+            INCONCLUSIVE,
+        ),
+        ({"left": {"row": "A", "column": "x"}, "right": {"row": "B", "column": "x"}, "margin": 14}, FAILED),
         ({"left": {"row": "A"}, "right": {"row": "B"}, "columns": ["x", "y"]}, FAILED),  # A < B at y
         ({"left": {"row": "A"}, "right": {"row": "B"}, "columns": ["x"]}, HELD),
     ],
@@ -75,44 +84,94 @@ def test_greater_claims(spec, expected):
     assert evaluate_claim(claim, result).status == expected
 
 
+def test_greater_claim_reports_the_paired_interval_and_probability_of_improvement():
+    result = TableResult(_spec(), "mini", _records(VALUES))
+    spec = {"left": {"row": "A", "column": "x"}, "right": {"row": "B", "column": "x"}, "margin": 5}
+    outcome = evaluate_claim(Claim("c", "text", "greater", "mini", spec), result)
+    (check,) = outcome.checks
+    half = T2 * 1 / math.sqrt(3)
+    assert check.interval.method == "paired t" and check.interval.n == 3
+    assert check.interval.estimate == pytest.approx(11.0)
+    assert (check.interval.low, check.interval.high) == pytest.approx((11 - half, 11 + half))
+    assert check.probability_of_improvement == 1.0
+    assert "+11.00, 95% CI [+8.52, +13.48] (paired t, n=3)" in outcome.detail
+
+
 def test_within_reported_order_and_bounds():
     result = TableResult(_spec(), "mini", _records(VALUES))
-    within = Claim(
-        "w",
-        "t",
-        "within",
-        "mini",
-        {"cell": {"row": "A", "column": "x"}, "target": "reported", "tolerance": 1.0},
+
+    def status(kind, spec, metric=None):
+        return evaluate_claim(Claim("c", "t", kind, "mini", spec, metric), result).status
+
+    # A@x: mean 92, sd 2 -> 92 ± 4.968; B@x: mean 81, sd 1 -> 81 ± 2.484.
+    assert status(
+        "within", {"cell": {"row": "A", "column": "x"}, "target": "reported", "tolerance": 1.0}
+    ) == (INCONCLUSIVE)
+    assert status("within", {"cell": {"row": "B", "column": "x"}, "target": 81, "tolerance": 3}) == HELD
+    assert status("within", {"cell": {"row": "A", "column": "x"}, "target": 50, "tolerance": 1}) == FAILED
+    assert (
+        status("within", {"cell": {"row": "B", "column": "x"}, "target": "reported", "tolerance": 1.0})
+        == NOT_EVALUATED
     )
-    assert evaluate_claim(within, result).status == HELD  # |92 - 91| = 1
-    tight = Claim(
-        "w", "t", "within", "mini", {"cell": {"row": "A", "column": "x"}, "target": 90, "tolerance": 1.5}
+    order = {"cells": [{"row": "A", "column": "x"}, {"row": "B", "column": "x"}, {"row": "A", "column": "y"}]}
+    assert status("order", order) == HELD
+    reversed_order = {"cells": list(reversed(order["cells"]))}
+    assert status("order", reversed_order) == FAILED
+    # drop = 10 - acc / 10 at A@x: [1.0, 0.8, 0.6], mean 0.8 ± 0.497.
+    cell = {"cell": {"row": "A", "column": "x"}}
+    assert status("at_most", {**cell, "value": 1.5}, "drop") == HELD
+    assert status("at_most", {**cell, "value": 0.9}, "drop") == INCONCLUSIVE
+    assert status("at_most", {**cell, "value": 0.2}, "drop") == FAILED
+    assert status("at_least", {**cell, "value": 0.2}, "drop") == HELD
+    assert status("at_least", {**cell, "value": 1.5}, "drop") == FAILED
+
+
+def test_unshared_seeds_use_welch_and_match_scipy():
+    from scipy import stats
+
+    from common.results.intervals import contrast_interval
+
+    a = {0: 90.0, 1: 92.0, 2: 95.0}
+    b = {5: 80.0, 6: 84.0, 7: 81.0, 8: 83.0}
+    welch = stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False).confidence_interval()
+    two = contrast_interval([(1.0, a), (-1.0, b)])
+    assert two.method == "Welch t" and (two.low, two.high) == pytest.approx((welch.low, welch.high))
+    # The Welch-Satterthwaite path for other contrasts: twice the difference has twice the interval.
+    doubled = contrast_interval([(2.0, a), (-2.0, b)])
+    assert (doubled.low, doubled.high) == pytest.approx((2 * welch.low, 2 * welch.high))
+    paired = contrast_interval([(1.0, a), (-1.0, {0: 80.0, 1: 84.0, 2: 81.0})])
+    rel = stats.ttest_rel([90.0, 92.0, 95.0], [80.0, 84.0, 81.0]).confidence_interval()
+    assert paired.method == "paired t" and (paired.low, paired.high) == pytest.approx((rel.low, rel.high))
+
+
+def test_confirmatory_claims_are_counted_and_exploratory_ones_shown_apart():
+    from common.results.claims import CONFIRMATORY_HEADING, claims_markdown, tally
+
+    result = TableResult(_spec(), "mini", _records(VALUES))
+    spec = {"left": {"row": "A", "column": "x"}, "right": {"row": "B", "column": "x"}, "margin": 5}
+    confirmatory = evaluate_claim(Claim("c1", "A beats B", "greater", "mini", spec), result)
+    exploratory = evaluate_claim(
+        Claim(
+            "c2",
+            "B beats A",
+            "greater",
+            "mini",
+            {**spec, "left": spec["right"], "right": spec["left"]},
+            exploratory=True,
+        ),
+        result,
     )
-    assert evaluate_claim(tight, result).status == FAILED
-    no_report = Claim(
-        "w",
-        "t",
-        "within",
-        "mini",
-        {"cell": {"row": "B", "column": "x"}, "target": "reported", "tolerance": 1.0},
+    skipped = evaluate_claim(
+        Claim("c3", "needs paper data", None, "mini", {}, not_evaluated="needs ImageNet"), result
     )
-    assert evaluate_claim(no_report, result).status == NOT_EVALUATED
-    order = Claim(
-        "o",
-        "t",
-        "order",
-        "mini",
-        {"cells": [{"row": "A", "column": "x"}, {"row": "B", "column": "x"}, {"row": "A", "column": "y"}]},
-    )
-    assert evaluate_claim(order, result).status == HELD
-    at_most = Claim(
-        "m", "t", "at_most", "mini", {"cell": {"row": "A", "column": "x"}, "value": 0.9}, metric="drop"
-    )
-    assert evaluate_claim(at_most, result).status == HELD  # 10 - 9.2 = 0.8
-    at_least = Claim(
-        "m", "t", "at_least", "mini", {"cell": {"row": "A", "column": "x"}, "value": 0.9}, metric="drop"
-    )
-    assert evaluate_claim(at_least, result).status == FAILED
+    assert skipped.status == NOT_EVALUATED and skipped.detail == "needs ImageNet"
+    counts = tally([confirmatory, exploratory, skipped])
+    assert counts == {HELD: 1, NOT_EVALUATED: 1}
+    text = claims_markdown("Toy", "mini", [confirmatory, exploratory, skipped])
+    confirmed_part, exploratory_part = text.split("## Exploratory claims")
+    assert CONFIRMATORY_HEADING in confirmed_part and "`c1`" in confirmed_part and "`c3`" in confirmed_part
+    assert "`c2`" in exploratory_part and "**failed**" in exploratory_part
+    assert "Confirmatory: 1 held, 0 failed, 0 inconclusive, 1 not evaluated." in text
 
 
 def test_missing_cells_and_other_scale_are_not_evaluated():
@@ -231,6 +290,7 @@ def test_rate_section_is_validated():
 def test_gap_greater_claim():
     result = TableResult(_spec(), "mini", _records(VALUES))
     # A - B: +11 at x, -1 at y.
+    # Per seed (A - B)@x - (A - B)@y = [11, 12, 13]: 12 ± 2.484.
     spec = {"minuend": {"row": "A"}, "subtrahend": {"row": "B"}, "columns": ["x", "y"], "margin": 5}
     assert evaluate_claim(Claim("g", "t", "gap_greater", "mini", spec), result).status == HELD
     spec = {**spec, "columns": ["y", "x"]}
@@ -241,9 +301,10 @@ def test_paper_default_seeds_are_parsed_and_validated():
     from common.reproduce import DEFAULT_SEEDS, parse_seeds
     from common.results.paper_spec import _parse_paper, load_paper
 
-    assert load_paper("provable_pretrain").seeds == 10 and load_paper("elr").seeds is None
-    assert parse_seeds(load_paper("elr").seeds or DEFAULT_SEEDS) == [0, 1, 2]
+    assert isinstance(load_paper("provable_pretrain").seeds, int)  # its yaml sets a count
     table = {"title": "t", "experiment": "e", "metric": "m", "rows": {"A": {}}, "columns": {"c": {}}}
+    unset = _parse_paper("toy", {"title": "toy", "tables": {"t": table}}, "here").seeds
+    assert unset is None and parse_seeds(unset or DEFAULT_SEEDS) == [0, 1, 2]
     with pytest.raises(ValueError, match="seeds"):
         _parse_paper("toy", {"title": "toy", "tables": {"t": table}, "seeds": 0}, "here")
 
@@ -263,7 +324,8 @@ def test_table_digits_set_the_decimals_of_cells_and_claims():
     spec = {"left": {"row": "A"}, "right": {"row": "B"}, "columns": ["x"]}
     claim = Claim("g", "t", "greater", "mini", spec)
     outcome = evaluate_claim(claim, result)
-    assert outcome.status == HELD and "difference +0.0003" in outcome.detail
+    # Two seeds: per-seed differences [0.0002, 0.0004], t(0.975, 1) = 12.71, so the interval spans zero.
+    assert outcome.status == INCONCLUSIVE and "+0.0003, 95% CI [-0.0010, +0.0016]" in outcome.detail
 
 
 def test_changed_values_compare_runs_of_the_same_config_only():

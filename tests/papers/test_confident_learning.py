@@ -17,10 +17,13 @@ from common.lit import RunContext
 from common.lit.cross_val import cross_val_cache_key, cross_val_predict_proba
 from common.run import execute
 from papers.confident_learning import (
+    FILTER_METHODS,
     ClassWeightedCEModule,
     ConfidentLearningPipeline,
     class_weights_from_noise_matrix,
     estimate_noise_matrices,
+    find_label_issues,
+    label_issue_metrics,
 )
 from tests.conftest import compose
 
@@ -160,3 +163,53 @@ def test_cross_val_is_cached_by_data_and_training_config(tmp_path: Path):
     )
     assert key == cross_val_cache_key(_context(detection, tmp_path), n_folds=3, seed=0)
     shutil.rmtree(tmp_path / "cache")
+
+
+# 12 examples, 3 classes. x2 (a 1 labelled 0) and x10 (a 0 labelled 2) are confidently wrong; x3 (a 1 labelled
+# 0) is wrong but the model is unsure (argmax 1 by a hair); x7 is a correct 1 with argmax 0.
+SUBSET_LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+SUBSET_PROBS = np.array(
+    [
+        [0.90, 0.05, 0.05],
+        [0.80, 0.10, 0.10],
+        [0.10, 0.85, 0.05],  # x2
+        [0.40, 0.45, 0.15],  # x3
+        [0.05, 0.90, 0.05],
+        [0.10, 0.80, 0.10],
+        [0.15, 0.75, 0.10],
+        [0.45, 0.40, 0.15],  # x7
+        [0.05, 0.05, 0.90],
+        [0.10, 0.10, 0.80],
+        [0.80, 0.05, 0.15],  # x10
+        [0.30, 0.30, 0.40],
+    ]
+)
+SUBSET_TRUTH = np.isin(np.arange(12), [2, 3, 10])
+
+
+def test_c_confusion_recall_is_at_least_every_rule_by_construction():
+    """Formerly the claim `c_confusion_recall_beats_pbnr` (label_error_detection): every rule un-flags the
+    examples whose given label is the argmax, so its flags are a subset of C_confusion's (argmax != label) and
+    its recall can never exceed C_confusion's, whatever the data."""
+    confusion = find_label_issues(SUBSET_LABELS, SUBSET_PROBS, method="predicted_neq_given")
+    np.testing.assert_array_equal(np.flatnonzero(confusion), [2, 3, 7, 10])
+    # t0 = (0.9 + 0.8 + 0.1 + 0.4) / 4 = 0.55, t1 = (0.9 + 0.8 + 0.75 + 0.4) / 4 = 0.7125: x3 and x7 reach no
+    # threshold, so the confident joint counts only x2 at (0, 1) and x10 at (2, 0); PBNR flags just those.
+    pbnr = find_label_issues(SUBSET_LABELS, SUBSET_PROBS, method="prune_by_noise_rate")
+    np.testing.assert_array_equal(np.flatnonzero(pbnr), [2, 10])
+    assert label_issue_metrics(confusion, SUBSET_TRUTH)["recall"] == pytest.approx(1.0)
+    assert label_issue_metrics(pbnr, SUBSET_TRUTH)["recall"] == pytest.approx(2 / 3)
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = np.concatenate([np.arange(4), rng.integers(0, 4, size=56)])
+        probs = rng.dirichlet(np.full(4, 0.5), size=60)
+        probs[np.arange(60), labels] += rng.uniform(0, 1, size=60)
+        probs /= probs.sum(1, keepdims=True)
+        truth = rng.random(60) < 0.3
+        confusion = find_label_issues(labels, probs, method="predicted_neq_given")
+        for method in FILTER_METHODS:
+            flagged = find_label_issues(labels, probs, method=method)
+            assert not np.any(flagged & ~confusion), method
+            recall = label_issue_metrics(flagged, truth)["recall"]
+            assert recall <= label_issue_metrics(confusion, truth)["recall"], method

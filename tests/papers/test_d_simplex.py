@@ -223,4 +223,7 @@ def test_iamcl2r_run_completes(output_root: Path):
     assert np.all(matrix[np.tril_indices(5)] > 0)
     assert record.metrics["test/ac"] == pytest.approx(average_compatibility(matrix))
     assert record.metrics["test/am"] == pytest.approx(average_multimodel_accuracy(matrix))
+    # Replacements at tasks 2 and 4 (the mini config): the task-2 model against the task-0 gallery.
+    gap = record.metrics["test/replacement_cross_minus_old_self"]
+    assert gap == pytest.approx(100 * (matrix[2, 0] - matrix[0, 0]))
     assert len(record.curves["task/acc"]) == 5 and 0 <= record.metrics["test/acc"] <= 100

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from omegaconf import OmegaConf
 
 from common.run import execute
 from papers.diffusion_cls.heads import build_head, head_accuracy, train_head
-from papers.diffusion_cls.unet import noised_block_features, prepare_inputs, resolve_block
-from tests.conftest import compose
+from papers.diffusion_cls.unet import build_scheduler, noised_block_features, prepare_inputs, resolve_block
+from tests.conftest import REPO_ROOT, compose
 
 TINY_UNET = dict(
     sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
@@ -34,6 +35,27 @@ def test_forward_process_matches_the_closed_form():
     expected = math.sqrt(alpha_bar) * 0.5 - math.sqrt(1 - alpha_bar)
     assert torch.allclose(x_t, torch.full_like(x_t, expected), atol=1e-5)
     assert 0.90 < math.sqrt(alpha_bar) < 0.97  # t = 90 keeps most of the signal
+
+
+def test_large_t_keeps_almost_no_signal():
+    """The former claim "t = 900 loses signal" as a property of the forward process: with the mini model's
+    linear schedule (T = 1000) x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps keeps sqrt(abar_t) of the image,
+    about 0.95, 0.72, 0.28 and 0.02 at t = 90, 250, 500, 900 (the t_block table's notes), so two different
+    images noised with the same eps at t = 900 differ by about 2% of their difference."""
+    model = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf/model/diffusion_cls_unet_mini.yaml"))
+    scheduler = build_scheduler(model)
+    signal = scheduler.alphas_cumprod.sqrt()
+    for t, expected in ((90, 0.95), (250, 0.72), (500, 0.28), (900, 0.02)):
+        assert abs(float(signal[t]) - expected) < 0.01, t
+    zeros, ones = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
+    eps = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([900])
+    gap = scheduler.add_noise(ones, eps, t) - scheduler.add_noise(zeros, eps, t)
+    assert gap.abs().max().item() < 0.05
+    # best_feature's accuracy drop at large t is taken at the grid's largest t, 0.9 T (the catalog's t = 90
+    # of T = 100).
+    best_feature = OmegaConf.load(REPO_ROOT / "conf/experiment/diffusion_cls/best_feature.yaml")
+    assert max(best_feature.method.select.timesteps) == 0.9 * model["scheduler"]["num_train_timesteps"]
 
 
 def test_block_paths_and_pooled_hook_outputs():
@@ -101,4 +123,6 @@ def test_runs_through_the_harness_with_ddpm_stage_and_selection(output_root: Pat
                                 *common]))  # fmt: skip
     assert selected.complete, selected.reason
     assert selected.metrics["selected/timestep"] in (10.0, 900.0)
+    drop = selected.metrics["test/acc"] - selected.metrics["test/acc_at_largest_t"]  # t = 900, same block
+    assert selected.metrics["test/acc_drop_at_largest_t"] == drop
     assert selected.extra["unet_weights"] == "random"

@@ -203,6 +203,8 @@ def test_simulation_runs_share_learning_curves_with_the_scaling_table(output_roo
     assert len(sorted((output_root / "cache" / "disc_vs_gen").glob("curve_*.json"))) == 2  # reused
     for n, record in zip((6, 10), records, strict=True):
         assert scaling.metrics[f"samples_to_asymptote/n={n}"] == record.metrics["samples_to_asymptote"]
+    ratio = scaling.metrics["samples_to_asymptote/n=10"] / scaling.metrics["samples_to_asymptote/n=6"]
+    assert scaling.metrics["scaling/ratio"] == pytest.approx(ratio)
     stored = json.loads(cached[0].read_text())
     assert set(stored) >= {"sizes", "errors", "bayes_error", "reached"}
 

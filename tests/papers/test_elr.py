@@ -48,3 +48,13 @@ def test_symmetric_noise_redraws_from_all_classes_as_the_official_code():
     datamodule.setup("fit")
     # 80% of labels redrawn from 10 classes: about 72% end up wrong (0.8 * 9/10).
     assert 0.68 < datamodule.realised_noise_rate < 0.76
+
+
+def test_mini_sym40_flips_to_another_class_as_the_catalog_claim():
+    # The pre-registered mini claim is at 40% symmetric noise flipping to a uniformly random other class.
+    paper = load_paper("elr")
+    for row in ("CE", "ELR"):
+        cfg = compose(run_overrides(paper, paper.tables["table1"], row, "sym-40%", 0, "mini"))
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+        assert abs(datamodule.realised_noise_rate - 0.4) < 0.01

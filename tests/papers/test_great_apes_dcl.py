@@ -55,6 +55,24 @@ def test_static_policies_hold_their_end_value():
         CurriculumSchedule(frozenset({"teacher"}), Phases.from_fractions(10, 0.1, 0.1))
 
 
+def test_catalog_static_row_is_the_pre_registered_baseline():
+    """The catalog's static pseudo-labelling: every policy static, tau 0.9, w_u 1 and EMA 0.999."""
+    paper = load_paper("great_apes_dcl")
+    for scale in ("mini", "paper"):
+        cfg = compose(
+            run_overrides(
+                paper, paper.tables["table_panaf"], "Static, EMA 0.999 (catalog)", "5% labels", 0, scale
+            )
+        )
+        method = cfg.method
+        assert list(method.dynamic) == []
+        assert (method.threshold_end, method.unsup_weight_end, method.momentum_end) == (0.9, 1.0, 0.999)
+    schedule = CurriculumSchedule(frozenset(), Phases.from_fractions(100, 0.3, 0.2), momentum=(0.95, 0.999))
+    for step in (0, 50, 99):
+        values = schedule.values(step)
+        assert (values["threshold"], values["unsup_weight"], values["momentum"]) == (0.9, 1.0, 0.999)
+
+
 def test_loss_hand_computed():
     # Labelled: logits (0, 0) for class 0 -> CE = log 2. Unlabelled: two examples, one kept with logits
     # (log 3, 0) and pseudo-label 0 -> CE = log(4/3); the dropped one does not count in the mean.

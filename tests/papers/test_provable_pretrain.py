@@ -157,6 +157,10 @@ def test_runs_complete(experiment: str, method: str, extra: list[str], output_ro
     assert record.complete, record.reason
     assert record.metrics["excess_risk"] > 0
     assert record.metrics["excess_risk_log10"] == pytest.approx(np.log10(record.metrics["excess_risk"]))
+    # The ratio claim's metric: the scaled excess risk, halved in the supervised-only runs.
+    scaled = (1e3 if "factor" in experiment else 100) * record.metrics["excess_risk"]
+    factor = 0.5 if method == "provable_pretrain_supervised" else 1.0
+    assert record.metrics["excess_risk_half_if_supervised"] == pytest.approx(factor * scaled)
 
 
 def test_pretraining_beats_supervised_with_few_labels(output_root: Path):

@@ -22,6 +22,8 @@ from papers.z_loss.data import (
     windows_from_sequences,
 )
 from papers.z_loss.module import (
+    SCALE,
+    SHIFT,
     LogSoftmaxModule,
     LogSphericalSoftmaxModule,
     LogTaylorSoftmaxModule,
@@ -128,6 +130,25 @@ def test_shift_and_scale_invariance():
         spherical
     )
     assert abs(losses.log_spherical_softmax_loss(logits + 5.0, target, eps=1e-12).item() - spherical) > 0.1
+
+
+def test_invariances_of_the_run_metrics_on_float32_logits():
+    """The former claims zloss_shift_invariant, zloss_scale_invariant and log_softmax_not_scale_invariant of
+    conf/paper/z_loss.yaml: properties of the losses' definitions, which no run can fail. Checked here on
+    float32 logits of the mini vocabulary size with the table's Z-loss (a = 0.3, b = 10) and the runs'
+    transformations (o + SHIFT, SCALE * o, SCALE * o + SHIFT)."""
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(64, 2000, generator=generator) * 2.0 - 1.0
+    target = torch.randint(2000, (64,), generator=generator)
+    z_loss = partial(losses.z_loss, a=0.3, b=10.0)
+    base = z_loss(logits, target)
+    assert (z_loss(logits + SHIFT, target) - base).abs().item() <= 1e-4
+    assert (z_loss(SCALE * logits, target) - base).abs().item() <= 1e-4
+    assert (z_loss(SCALE * logits + SHIFT, target) - base).abs().item() < 1e-6
+    ce = losses.log_softmax_loss(logits, target)
+    assert (losses.log_softmax_loss(logits + SHIFT, target) - ce).abs().item() <= 1e-4
+    assert (losses.log_softmax_loss(SCALE * logits, target) - ce).abs().item() >= 0.01
+    assert (losses.log_softmax_loss(SCALE * logits + SHIFT, target) - ce).abs().item() >= 0.01
 
 
 def test_spherical_losses_depend_only_on_target_sum_and_sum_of_squares():
@@ -282,6 +303,7 @@ def test_smoke_run_records_topk_and_invariance(output_root: Path):
     assert metrics["test/top1"] <= metrics["test/top5"] <= metrics["test/top10"] <= metrics["test/top20"]
     assert metrics["test/acc"] == metrics["test/top1"]
     assert metrics["test/loss_change_shift"] < 1e-4 and metrics["test/loss_change_scale"] < 1e-4
+    assert metrics["test/loss_change_affine"] < 1e-4
     assert len(record.curves["val/top20"]) == 2
 
 
@@ -297,3 +319,4 @@ def test_smoke_run_of_the_hyperparameter_table_reads_the_validation_split(output
     assert "validation/top5" in record.metrics and "test/top5" not in record.metrics
     assert record.metrics["validation/loss_change_shift"] < 1e-4  # log-softmax is shift invariant
     assert record.metrics["validation/loss_change_scale"] > 1e-3  # but not scale invariant
+    assert record.metrics["validation/loss_change_affine"] > 1e-3
