@@ -4,6 +4,7 @@
 # Options: make reproduce PAPER=<key> TABLE=<id> SCALE=mini|paper SEEDS=3|11,12,13 (default: the paper's `seeds`, else 3) LAUNCHER=local|submitit_local|slurm
 #          LOGGER=csv|wandb|none OVERRIDES="trainer.max_epochs=5 ..." (every run)
 #          HYDRA_ARGS="hydra.launcher.partition=gpu ..." (the launcher) ARGS="force=true columns=[sym-40%]" (reproduce)
+#   make summary                  (confirmatory verdicts of every committed table, per paper and in total)
 
 PYTHON ?= python3
 VENV := .venv
@@ -28,7 +29,7 @@ seeds_arg = $(if $(strip $(SEEDS)),$(if $(findstring $(comma),$(SEEDS)),seeds=[$
 # "a=1 b=2" -> "name=['a=1','b=2']" (Hydra needs list items that contain '=' quoted)
 list_arg = $(if $(strip $(2)),"$(1)=[$(subst $(space),$(comma),$(foreach x,$(strip $(2)),'$(x)'))]")
 
-.PHONY: install reproduce test test-fast lint format bench bench-quick clean
+.PHONY: install reproduce summary test test-fast lint format bench bench-quick clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "PNU-Repro needs Python >= 3.11; run make with PYTHON=/path/to/python3.11")'
@@ -43,6 +44,9 @@ reproduce: $(INSTALLED)
 	$(PY) -m common.reproduce paper=$(PAPER) scale=$(SCALE) $(seeds_arg) launcher=$(LAUNCHER) \
 		$(if $(TABLE),table=$(TABLE)) $(if $(LOGGER),logger=$(LOGGER)) \
 		$(call list_arg,overrides,$(OVERRIDES)) $(call list_arg,hydra_args,$(HYDRA_ARGS)) $(ARGS)
+
+summary: $(INSTALLED)
+	$(PY) -m common.results.summary
 
 test: $(INSTALLED)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)

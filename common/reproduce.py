@@ -41,7 +41,7 @@ from common.results.claims import (
 )
 from common.results.paper_spec import PaperSpec, TableSpec, load_paper
 from common.results.provenance import code_hashes
-from common.results.record import RunRecord, config_hash, git_state, read_record
+from common.results.record import NON_SEMANTIC_KEYS, RunRecord, config_hash, git_state, read_record
 
 console = Console(highlight=False)
 LAUNCHERS = ("local", "submitit_local", "slurm")
@@ -73,6 +73,40 @@ class PlannedRun:
 
 
 DEFAULT_SEEDS = 3
+# Committed tables are confirmatory runs at seeds never used while developing: 1000, 1001, ...
+CONFIRMATORY_SEED_START = 1000
+
+
+def confirmatory_seeds(paper: PaperSpec) -> list[int]:
+    """The default seeds of `make reproduce`: 1000 + i for the paper's seed count (its `seeds:`, else 3), so
+    a default run measures the committed table's runs."""
+    count = paper.seeds if isinstance(paper.seeds, int) else len(paper.seeds or []) or DEFAULT_SEEDS
+    return [CONFIRMATORY_SEED_START + i for i in range(count)]
+
+
+def quick_look_reason(
+    paper: PaperSpec,
+    seeds: list[int],
+    overrides: list[str],
+    rows: list[str] | None,
+    columns: list[str] | None,
+    runs: list[PlannedRun],
+) -> str | None:
+    """Why this reproduction may not write the committed `results/` (None: it may). Only a full run of every
+    table at the confirmatory seeds, without overrides that change what is computed, writes there."""
+    semantic = [
+        o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".")[0] not in NON_SEMANTIC_KEYS
+    ]
+    if rows or columns:
+        return "a subset of rows or columns"
+    if semantic:
+        return f"overrides {semantic}"
+    if seeds != confirmatory_seeds(paper):
+        return f"seeds {seeds} (the committed tables use {confirmatory_seeds(paper)})"
+    not_done = sum(not run.done for run in runs)
+    if not_done:
+        return f"{not_done} of {len(runs)} runs without a complete record"
+    return None
 
 
 def parse_seeds(seeds: Any) -> list[int]:
@@ -400,7 +434,7 @@ def reproduce(cfg: DictConfig) -> int:
     all_tables = paper.tables_at(cfg.scale)
     selected = paper.tables_at(cfg.scale, cfg.table)
     # A paper whose claims need more seeds than the usual 3 says so in its config (`seeds:`).
-    seeds = parse_seeds(cfg.seeds if cfg.seeds is not None else (paper.seeds or DEFAULT_SEEDS))
+    seeds = parse_seeds(cfg.seeds) if cfg.seeds is not None else confirmatory_seeds(paper)
     output_root = Path(cfg.output_root).resolve()
     logger = cfg.logger or ("csv" if cfg.scale == "mini" else "wandb")
     common = [
@@ -448,7 +482,16 @@ def reproduce(cfg: DictConfig) -> int:
             exit_code = 1
     failed = [r for r in runs if r.record is not None and not r.record.complete]
     missing = [r for r in runs if r.table in chosen and r.record is None]
-    results_dir = Path(cfg.results_root) / paper.key / cfg.scale
+    quick_look = quick_look_reason(paper, seeds, [str(o) for o in cfg.overrides], rows, columns, runs)
+    if quick_look is None:
+        results_dir = Path(cfg.results_root) / paper.key / cfg.scale
+    else:
+        results_dir = output_root / "tables" / paper.key / cfg.scale
+        console.print(
+            f"[yellow]a quick look[/yellow] ({quick_look}): tables go to {results_dir}; "
+            f"{Path(cfg.results_root) / paper.key / cfg.scale} is written only by a full run at the "
+            "confirmatory seeds"
+        )
     tables, claims = write_results(
         paper, all_tables, runs, cfg.scale, seeds, results_dir, int(cfg.min_seeds_for_claims)
     )

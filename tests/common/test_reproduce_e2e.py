@@ -42,7 +42,9 @@ def test_submitit_local_sweep_writes_tables_and_reuses_records(tmp_path: Path):
     assert first.returncode == 0, first.stdout + first.stderr
     records = _records(tmp_path)
     assert len(records) == 4 and all(r.complete for r in records.values())
-    results = tmp_path / "results" / "elr" / "mini"
+    # A quick look (a column subset, overrides, development seeds) never writes the committed results.
+    assert not (tmp_path / "results").exists() and "a quick look" in first.stdout
+    results = tmp_path / "outputs" / "tables" / "elr" / "mini"
     for name in ("table1.md", "table1.csv", "table1.png", "claims.md", "manifest.json"):
         assert (results / name).stat().st_size > 0, name
     markdown = (results / "table1.md").read_text()

@@ -350,3 +350,25 @@ def test_changed_values_compare_runs_of_the_same_config_only():
     )
     assert changed_values(before, after) == [(("t", "A", "x", 1), 91.0, 91.5)]
     assert changed_values({"runs": [{"table": "t", "row": "A", "column": "x", "seed": 0}]}, after) == []
+
+
+def test_only_a_full_run_at_the_confirmatory_seeds_writes_committed_results():
+    from pathlib import Path
+
+    from common.reproduce import PlannedRun, confirmatory_seeds, quick_look_reason
+    from common.results.paper_spec import _parse_paper
+
+    table = {"title": "t", "experiment": "e", "metric": "m", "rows": {"A": {}}, "columns": {"c": {}}}
+    paper = _parse_paper("toy", {"title": "toy", "tables": {"t": table}, "seeds": 2}, "here")
+    assert confirmatory_seeds(paper) == [1000, 1001]
+    record = RunRecord("toy", "t", "mini", 1000, {}, "complete", "h", paper_code_hash="p")
+    done = PlannedRun("t", "A", "c", 1000, [], Path("."), "h", "p", record)
+    seeds = [1000, 1001]
+    assert (
+        quick_look_reason(paper, seeds, ["runtime.num_threads=1", "logger=none"], None, None, [done]) is None
+    )
+    assert "overrides" in quick_look_reason(paper, seeds, ["trainer.max_epochs=2"], None, None, [done])
+    assert "subset" in quick_look_reason(paper, seeds, [], None, ["c"], [done])
+    assert "seeds [0, 1]" in quick_look_reason(paper, [0, 1], [], None, None, [done])
+    stale = PlannedRun("t", "A", "c", 1000, [], Path("."), "h", "new paper code", record)
+    assert "1 of 1 runs" in quick_look_reason(paper, seeds, [], None, None, [stale])
