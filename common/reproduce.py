@@ -39,7 +39,7 @@ from common.results.claims import (
     tally,
     tally_text,
 )
-from common.results.paper_spec import PaperSpec, TableSpec, load_paper
+from common.results.paper_spec import PaperSpec, TableSpec, available_papers, load_paper
 from common.results.provenance import code_hashes
 from common.results.record import NON_SEMANTIC_KEYS, RunRecord, config_hash, git_state, read_record
 
@@ -109,19 +109,32 @@ def quick_look_reason(
     return None
 
 
+def _as_seed(value: Any) -> int:
+    """An integer seed from an int or a string of digits; anything else (1.5, 'abc', True) is refused."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(value)
+    return int(value.strip()) if isinstance(value, str) else value
+
+
 def parse_seeds(seeds: Any) -> list[int]:
     """A count n means seeds 0..n-1; a list (or "1,5,7") is used as given."""
-    if isinstance(seeds, ListConfig | list | tuple):
-        values = [int(s) for s in seeds]
-    elif isinstance(seeds, str) and "," in seeds:
-        values = [int(s) for s in seeds.split(",") if s.strip()]
-    else:
-        count = int(seeds)
-        if count < 1:
-            raise UserError(f"seeds must be a positive count or a list of seeds, got {seeds!r}")
-        values = list(range(count))
-    if len(set(values)) != len(values):
-        raise UserError(f"seeds must be distinct, got {values}")
+    hint = "use a count (SEEDS=3: seeds 0, 1, 2) or a list of integers (SEEDS=1000,1001,1002)"
+    try:
+        if isinstance(seeds, ListConfig | list | tuple):
+            values = [_as_seed(s) for s in seeds]
+        elif isinstance(seeds, str) and "," in seeds:
+            values = [_as_seed(s) for s in seeds.split(",") if s.strip()]
+        else:
+            count = _as_seed(seeds)
+            if count < 1:
+                raise ValueError(seeds)
+            values = list(range(count))
+    except ValueError:
+        raise UserError(
+            f"seeds must be a positive count or a list of integer seeds, got {seeds!r}; {hint}"
+        ) from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"seeds must be distinct and at least one, got {values}; {hint}")
     return values
 
 
@@ -535,8 +548,9 @@ def parse_options(argv: list[str]) -> DictConfig:
         cfg = OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))
     except OmegaConfBaseException as err:
         raise UserError(f"malformed option: {err}") from err
-    if OmegaConf.is_missing(cfg, "paper"):
-        raise UserError("choose a paper: paper=<key> (make reproduce PAPER=<key>)")
+    if OmegaConf.is_missing(cfg, "paper") or cfg.paper in (None, ""):
+        papers = ", ".join(available_papers())
+        raise UserError(f"choose a paper: paper=<key> (make reproduce PAPER=<key>); papers: {papers}")
     return cfg
 
 

@@ -372,3 +372,28 @@ def test_only_a_full_run_at_the_confirmatory_seeds_writes_committed_results():
     assert "seeds [0, 1]" in quick_look_reason(paper, [0, 1], [], None, None, [done])
     stale = PlannedRun("t", "A", "c", 1000, [], Path("."), "h", "new paper code", record)
     assert "1 of 1 runs" in quick_look_reason(paper, seeds, [], None, None, [stale])
+
+
+@pytest.mark.parametrize("bad", ["abc", 1.5, "1.5", 0, -8, True, [1, "x"], [3, 3], "1,,x", []])
+def test_bad_seeds_get_one_clear_error(bad):
+    from common.errors import UserError
+    from common.reproduce import parse_seeds
+
+    with pytest.raises(UserError, match="seeds must be"):
+        parse_seeds(bad)
+
+
+def test_seeds_as_counts_lists_and_comma_strings():
+    from common.reproduce import parse_seeds
+
+    assert parse_seeds(3) == [0, 1, 2] and parse_seeds("2") == [0, 1]
+    assert parse_seeds([1000, 1001]) == [1000, 1001] and parse_seeds("5, 7") == [5, 7]
+
+
+@pytest.mark.parametrize("argv", [["paper="], ["paper=null"], []])
+def test_a_missing_paper_says_which_to_choose(argv):
+    from common.errors import UserError
+    from common.reproduce import parse_options
+
+    with pytest.raises(UserError, match="choose a paper: .*papers: .*elr"):
+        parse_options(argv)
