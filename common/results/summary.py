@@ -40,15 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"no results with claim verdicts under {results_root}")
         return 1
     table = Table(title="Confirmatory claims (pre-registered), per paper", title_justify="left")
-    table.add_column("paper")
+    table.add_column("paper", no_wrap=True)
     table.add_column("scale")
     for name in COLUMNS:
         table.add_column(name, justify="right")
-    table.add_column("exploratory (not counted)", justify="right")
+    table.add_column("exploratory\n(not counted)\nh / f / i / n", justify="right", no_wrap=True)
     total = Counter()
     for paper, scale, confirmatory, exploratory in rows:
         total.update(confirmatory)
-        shown = ", ".join(f"{exploratory[v]} {v}" for v in VERDICTS if exploratory[v]) or "—"
+        shown = " / ".join(str(exploratory[v]) for v in VERDICTS)
         table.add_row(paper, scale, *(str(confirmatory[v]) for v in VERDICTS), shown)
     table.add_section()
     table.add_row("total", "", *(f"[bold]{total[v]}[/bold]" for v in VERDICTS), "")
