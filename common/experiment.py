@@ -12,7 +12,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from common.backbones import build_backbone
+from common.backbones import build_backbone_for
 from common.errors import UserError
 from common.registry import lookup
 
@@ -65,16 +65,6 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
         raise UserError(f"data config does not fit data module {name!r}: {err}") from err
 
 
-def build_backbone_for(cfg: DictConfig, datamodule: Any, num_classes: int | None = None) -> Any:
-    model = OmegaConf.to_container(_require(cfg, "model", "choose a model config (model=...)"), resolve=True)
-    name = model.pop("backbone")
-    if name in ("mlp",):
-        model.setdefault("in_features", int(_prod(datamodule.input_shape)))
-    elif name in ("cnn_small", "conv1d_small") or name.startswith(("cifar_", "timm:")):
-        model.setdefault("in_chans", int(datamodule.input_shape[0]))
-    return build_backbone(name, num_classes=num_classes or datamodule.num_classes, **model)
-
-
 def build_module(
     cfg: DictConfig, datamodule: Any, method: DictConfig | dict | None = None
 ) -> L.LightningModule:
@@ -113,26 +103,35 @@ def build_trainer(
     *,
     loggers: list | bool = False,
     checkpoint: bool | None = None,
+    checkpoint_dirpath: Path | None = None,
     **overrides: Any,
 ) -> L.Trainer:
-    """A Trainer from `cfg.trainer`; pipelines pass overrides (e.g. max_epochs) for their sub-fits."""
+    """A Trainer from `cfg.trainer`; pipelines pass overrides (e.g. max_epochs) for their sub-fits.
+
+    With checkpoints (`runtime.checkpoint`, or a `checkpoint_dirpath` given by a stage) the Trainer saves
+    `last.ckpt` every epoch, with the module's learning curves, so a resumed fit reports whole curves; under
+    SLURM it saves one more on the requeue signal."""
     params = {**OmegaConf.to_container(cfg.trainer, resolve=True), **overrides}
-    checkpoint = bool(cfg.runtime.checkpoint) if checkpoint is None else checkpoint
+    checkpoint = checkpoint_dirpath is not None or (
+        bool(cfg.runtime.checkpoint) if checkpoint is None else checkpoint
+    )
     callbacks = []
     if checkpoint:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        directory = checkpoint_dir(run_dir, cfg)
-        callbacks.append(ModelCheckpoint(dirpath=str(directory), save_last=True, save_top_k=0))
+        directory = checkpoint_dirpath if checkpoint_dirpath is not None else checkpoint_dir(run_dir, cfg)
+        # The newest epoch only, as last.ckpt (Lightning writes `save_last` files only beside a top-k save).
+        latest = ModelCheckpoint(
+            dirpath=str(directory), filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+        )
+        callbacks += [latest, CurvesInCheckpoint()]
     if cfg.runtime.progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar(leave=True))
     plugins = []
     if "SLURM_JOB_ID" in os.environ and checkpoint:
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-        plugins.append(SLURMEnvironment(auto_requeue=True))
+        plugins.append(slurm_environment())
     return L.Trainer(
         logger=loggers,
         callbacks=callbacks,
@@ -143,6 +142,29 @@ def build_trainer(
         default_root_dir=str(run_dir) if run_dir else None,
         **params,
     )
+
+
+def slurm_environment() -> Any:
+    """Lightning's SLURM environment without its own requeue. The Hydra SLURM launcher (submitit) has sbatch
+    send USR2 before the time limit and requeues the job itself; Lightning's handler would listen for USR1,
+    which never comes, or requeue a second time. The requeued job reruns the same config, and its fit
+    resumes from the last epoch's checkpoint."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment(auto_requeue=False)
+
+
+class CurvesInCheckpoint(L.Callback):
+    """Keeps a module's `curves` (per-epoch metrics the record reports) in its checkpoints: a fit resumed
+    after preemption reports the epochs before the kill too (e.g. the drop from the best epoch)."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if isinstance(getattr(pl_module, "curves", None), dict):
+            checkpoint["pnu_curves"] = {k: list(v) for k, v in pl_module.curves.items()}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if "pnu_curves" in checkpoint and isinstance(getattr(pl_module, "curves", None), dict):
+            pl_module.curves = {k: list(v) for k, v in checkpoint["pnu_curves"].items()}
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -157,6 +179,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
+        from common.results.record import config_hash
+
         os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
         os.environ.setdefault("WANDB_SILENT", "true")
         return [
@@ -168,19 +192,20 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
                 save_dir=str(run_dir),
                 config=OmegaConf.to_container(cfg, resolve=True),
                 tags=[str(cfg.paper), str(cfg.scale.name)],
+                # A requeued or resumed run continues the same W&B run instead of starting a second one.
+                id=wandb_run_id(cfg, config_hash(cfg)),
+                resume="allow",
             )
         ]
     raise UserError(f"unknown logger.kind {kind!r}; use csv, wandb or none")
+
+
+def wandb_run_id(cfg: DictConfig, chash: str) -> str:
+    """The W&B id of a run: its paper, scale and config hash (the hash covers the table, cell and seed)."""
+    return f"{cfg.paper}-{cfg.scale.name}-{chash}"
 
 
 def run_name(cfg: DictConfig) -> str:
     row, column = cfg.cell.row, cfg.cell.column
     label = f"{row} | {column}" if row is not None else str(cfg.method.name)
     return f"{label} | seed {cfg.seed}"
-
-
-def _prod(shape: Any) -> int:
-    out = 1
-    for size in shape:
-        out *= int(size)
-    return out

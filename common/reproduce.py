@@ -6,7 +6,6 @@ the rest as one Hydra multirun (local, submitit_local or slurm launcher), then w
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.config import CONFIG_DIR, REPO_ROOT, compose_run_config, register_resolvers
+from common.config import CONFIG_DIR, REPO_ROOT, compose_run_configs, register_resolvers
 from common.errors import UserError
 from common.results.aggregate import TableResult, to_markdown, write_csv
 from common.results.claims import (
@@ -165,17 +164,21 @@ def run_overrides(
     return overrides
 
 
-def compose_seeds(overrides: list[str], seeds: list[int]) -> list[DictConfig]:
-    """The run configs of one cell at each seed, as `compose_run_config` gives them with `seed=<s>` among
-    the overrides: one Hydra compose (the slow part) and a copy per seed with `seed` set, since configs refer
-    to the seed only through interpolations, which resolve lazily."""
-    base = compose_run_config(overrides)
-    configs = []
-    for seed in seeds:
-        cfg = copy.deepcopy(base)
-        cfg.seed = int(seed)
-        configs.append(cfg)
-    return configs
+def _compose_table(table: TableSpec, cells: list[tuple[str, str]], overrides: list[list[str]]) -> list:
+    """The run configs of a table's cells x seeds; a cell whose config does not compose is named."""
+    try:
+        return compose_run_configs(overrides)
+    except (HydraException, OmegaConfBaseException):
+        per_cell = len(overrides) // max(len(cells), 1)
+        for (row, column), start in zip(cells, range(0, len(overrides), per_cell), strict=True):
+            try:
+                compose_run_configs(overrides[start : start + per_cell])
+            except (HydraException, OmegaConfBaseException) as err:
+                raise UserError(
+                    f"table {table.id}, cell ({row}, {column}): the config does not compose: {err}\n"
+                    f"overrides: {' '.join(overrides[start])}"
+                ) from err
+        raise
 
 
 def plan(
@@ -195,30 +198,34 @@ def plan(
             unknown = sorted(set(chosen or []) - set(known))
             if unknown:
                 raise UserError(f"table {table.id} has no {label} {unknown}; its {label}s: {list(known)}")
-        for row, column in table.cells():
-            if (rows and row not in rows) or (columns and column not in columns):
-                continue
-            overrides = [run_overrides(paper, table, row, column, seed, scale) + common for seed in seeds]
-            try:
-                configs = compose_seeds(overrides[0], seeds)
-            except (HydraException, OmegaConfBaseException) as err:
-                raise UserError(
-                    f"table {table.id}, cell ({row}, {column}): the config does not compose: {err}\n"
-                    f"overrides: {' '.join(overrides[0])}"
-                ) from err
-            for seed, seed_overrides, cfg in zip(seeds, overrides, configs, strict=True):
-                run = PlannedRun(
-                    table.id,
-                    row,
-                    column,
-                    seed,
-                    seed_overrides,
-                    Path(cfg.runtime.run_dir),
-                    config_hash(cfg),
-                    paper_code_hash,
-                )
-                run.refresh()
-                planned.append(run)
+        cells = [
+            (row, column)
+            for row, column in table.cells()
+            if not ((rows and row not in rows) or (columns and column not in columns))
+        ]
+        overrides = [
+            run_overrides(paper, table, row, column, seed, scale) + common
+            for row, column in cells
+            for seed in seeds
+        ]
+        for (row, column, seed), run_args, cfg in zip(
+            [(r, c, s) for r, c in cells for s in seeds],
+            overrides,
+            _compose_table(table, cells, overrides),
+            strict=True,
+        ):
+            run = PlannedRun(
+                table.id,
+                row,
+                column,
+                seed,
+                run_args,
+                Path(cfg.runtime.run_dir),
+                config_hash(cfg),
+                paper_code_hash,
+            )
+            run.refresh()
+            planned.append(run)
     return planned
 
 

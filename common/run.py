@@ -28,6 +28,7 @@ from common.experiment import (
     configure_runtime,
 )
 from common.lit.pipeline import Pipeline, RunContext
+from common.lit.stages import Stages
 from common.registry import lookup
 from common.results.provenance import code_hashes_at_start
 from common.results.record import (
@@ -65,11 +66,19 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule: Any) -> tuple[dict, dict,
     loggers = build_loggers(cfg, run_dir)
     if isinstance(method_cls, type) and issubclass(method_cls, Pipeline):
         params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
+        make_trainer = lambda **kw: build_trainer(cfg, run_dir, checkpoint=False, **kw)  # noqa: E731
+        hashes = code_hashes_at_start(str(cfg.paper))
         context = RunContext(
             cfg=cfg,
             datamodule=datamodule,
             make_module=lambda method=None: build_module(cfg, datamodule, method),
-            make_trainer=lambda **kw: build_trainer(cfg, run_dir, checkpoint=False, **kw),
+            make_trainer=make_trainer,
+            stages=Stages(
+                root=Path(cfg.runtime.output_root) / "stages" / str(cfg.paper),
+                code_hash=f"{hashes.paper}-{hashes.common}",
+                make_trainer=make_trainer,
+                loggers=loggers,
+            ),
         )
         metrics = method_cls(**params).run(context)
         return metrics, context.curves, {"loggers": loggers, **context.extra}

@@ -27,3 +27,25 @@ def compose(overrides: list[str]):
     from common.config import compose_run_config
 
     return compose_run_config(overrides)
+
+
+@pytest.fixture(scope="session")
+def first_in_session(tmp_path_factory, worker_id: str):
+    """`claim(key) -> bool`: True for the first test of the whole session (across xdist workers) that claims
+    `key`, False after. Expensive checks that depend only on `key` (a training step of one backbone at one
+    input shape) then run once per session, whichever test reaches them first."""
+    import hashlib
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base if worker_id == "master" else base.parent) / "claims"
+    shared.mkdir(exist_ok=True)
+
+    def claim(key: str) -> bool:
+        path = shared / hashlib.sha256(key.encode()).hexdigest()[:24]
+        try:
+            path.open("x").close()
+        except FileExistsError:
+            return False
+        return True
+
+    return claim

@@ -9,6 +9,7 @@ pooled features even when a classification head is present.
 
 from common.backbones import open_clip_backbones, small, timm_backbones  # noqa: F401  (registers builders)
 from common.backbones.base import Backbone
+from common.backbones.configured import build_backbone_for
 from common.backbones.open_clip_backbones import OpenCLIPImageTower
 from common.backbones.registry import (
     available_backbones,
@@ -28,6 +29,7 @@ __all__ = [
     "available_backbones",
     "available_prefixes",
     "build_backbone",
+    "build_backbone_for",
     "register_backbone",
     "register_backbone_prefix",
 ]

@@ -2,5 +2,6 @@
 
 from common.lit.classification import ClassificationModule
 from common.lit.pipeline import Pipeline, RunContext
+from common.lit.stages import Stages
 
-__all__ = ["ClassificationModule", "Pipeline", "RunContext"]
+__all__ = ["ClassificationModule", "Pipeline", "RunContext", "Stages"]

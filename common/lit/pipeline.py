@@ -11,15 +11,20 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
+from common.lit.stages import Stages
+
 
 @dataclass
 class RunContext:
-    """What a pipeline may use: the resolved config, the data, and factories bound to the run's config."""
+    """What a pipeline may use: the resolved config, the data, factories bound to the run's config, and the
+    run's cached stages (`stages.fit` for a Lightning fit that resumes after a kill, `stages.compute` for
+    non-gradient work several runs share)."""
 
     cfg: DictConfig
     datamodule: Any
     make_module: Callable[..., L.LightningModule]
     make_trainer: Callable[..., L.Trainer]
+    stages: Stages | None = None
     curves: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 

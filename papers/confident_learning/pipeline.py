@@ -2,7 +2,7 @@
 
 One run = one pruning rule on one noisy training set. Steps:
 1. out-of-sample softmax probabilities of every training example by K-fold cross-validation
-   (`common.lit.cross_val`, cached, so the five rules on the same data share one set of K fits);
+   (`common.lit.cross_val`, a cached stage, so the five rules on the same data share one set of K fits);
 2. flag label issues with the rule (`filter_by`) and score the flags against the truly flipped labels;
 3. retrain a fresh model on the kept examples with cross entropy weighted per class by
    1 / p(s=k | y*=k) from the estimated noise matrix, and report its clean test accuracy.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,12 +95,7 @@ class ConfidentLearningPipeline(Pipeline):
         if self.filter_by == NO_FILTER:
             issues = np.zeros(len(labels), dtype=bool)
         else:
-            pred_probs = cross_val_predict_proba(
-                context,
-                n_folds=self.n_folds,
-                seed=int(context.cfg.seed),
-                cache_dir=Path(context.cfg.runtime.output_root) / "cache",
-            )
+            pred_probs = cross_val_predict_proba(context, n_folds=self.n_folds, seed=int(context.cfg.seed))
             issues = find_label_issues(
                 labels,
                 pred_probs,

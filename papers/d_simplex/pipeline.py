@@ -37,9 +37,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from common.backbones import build_backbone_for
 from common.data.datamodule import TensorBatchDataset
 from common.errors import UserError
-from common.experiment import build_backbone_for
 from common.lit import Pipeline, RunContext
 from common.registry import lookup, register_method
 from papers.d_simplex.metrics import (

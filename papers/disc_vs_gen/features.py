@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from common.experiment import build_backbone_for
+from common.backbones import build_backbone_for
 from common.lit.pipeline import RunContext
 from common.results.cache import atomic_write
 

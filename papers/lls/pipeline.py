@@ -23,8 +23,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from common.backbones import build_backbone_for
 from common.errors import UserError
-from common.experiment import build_backbone_for
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
 from common.results.cache import cache_dir, cache_key, cached_metrics

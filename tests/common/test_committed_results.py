@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from common.reproduce import compose_seeds, run_overrides
+from common.config import compose_run_configs
+from common.reproduce import run_overrides
 from common.results.claims import CONFIRMATORY_HEADING
 from common.results.paper_spec import load_paper
 from common.results.provenance import code_hashes, manifest_problems
@@ -42,14 +43,13 @@ def test_committed_result_matches_current_config(manifest_path: Path):
     for note in notes:
         warnings.warn(note, stacklevel=1)
     for table in paper.tables_at(scale):
-        for row, column in table.cells():
-            configs = compose_seeds(run_overrides(paper, table, row, column, seeds[0], scale), seeds)
-            for seed, cfg in zip(seeds, configs, strict=True):
-                key = (table.id, row, column, seed)
-                assert config_hash(cfg) == committed[key]["config_hash"], (
-                    f"stale result {key} in {manifest_path.parent}: its config changed; "
-                    f"run `make reproduce PAPER={paper.key} SCALE={scale}` and commit the results"
-                )
+        keys = [(table.id, row, column, seed) for row, column in table.cells() for seed in seeds]
+        configs = compose_run_configs([run_overrides(paper, table, *key[1:], scale) for key in keys])
+        for key, cfg in zip(keys, configs, strict=True):
+            assert config_hash(cfg) == committed[key]["config_hash"], (
+                f"stale result {key} in {manifest_path.parent}: its config changed; "
+                f"run `make reproduce PAPER={paper.key} SCALE={scale}` and commit the results"
+            )
     for table in paper.tables_at(scale):
         for suffix in (".md", ".csv", ".png"):
             assert (manifest_path.parent / f"{table.id}{suffix}").exists()
@@ -60,15 +60,17 @@ def test_committed_result_matches_current_config(manifest_path: Path):
 
 
 @pytest.mark.parametrize("key", sorted({p.parent.parent.name for p in MANIFESTS}))
-def test_one_compose_per_cell_equals_one_per_seed(key: str):
-    """`compose_seeds` (one Hydra compose per cell) gives the configs that composing each seed gives."""
+def test_composing_a_table_at_once_equals_composing_each_run(key: str):
+    """`compose_run_configs` (one Hydra compose per distinct group choice) gives each run the config a
+    compose of its own overrides gives: the first and last cell of the paper's largest table, two seeds."""
     paper = load_paper(key)
-    table = paper.tables_at("mini")[0]
-    row, column = table.cells()[-1]
-    seeds = [0, 7]
-    fast = compose_seeds(run_overrides(paper, table, row, column, seeds[0], "mini"), seeds)
-    for seed, cfg in zip(seeds, fast, strict=True):
-        slow = compose(run_overrides(paper, table, row, column, seed, "mini"))
+    table = max(paper.tables_at("mini"), key=lambda t: len(t.cells()))
+    runs = [
+        (row, column, seed) for row, column in (table.cells()[0], table.cells()[-1]) for seed in (0, 1007)
+    ]
+    fast = compose_run_configs([run_overrides(paper, table, *run, "mini") for run in runs])
+    for run, cfg in zip(runs, fast, strict=True):
+        slow = compose(run_overrides(paper, table, *run, "mini"))
         assert OmegaConf.to_container(cfg, resolve=True) == OmegaConf.to_container(slow, resolve=True)
 
 

@@ -1,6 +1,6 @@
-"""Every config under conf/ composes and instantiates: every paper, table, scale and cell. Every paper-scale
-table runs one training step per method and model on random inputs of the paper's shapes (batch 8), so it
-launches unchanged."""
+"""Every config under conf/ composes and instantiates: every paper, table, scale and cell. At paper scale a
+real training step (random inputs of the paper's shapes) runs once per distinct method, backbone and input
+shape in the whole suite, not per table, so the suite's cost grows with the backbones, not the tables."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from common.config import CONFIG_DIR
+from common.config import CONFIG_DIR, compose_run_configs
 from common.experiment import build_datamodule, build_module
 from common.lit import Pipeline
 from common.registry import lookup
@@ -41,24 +41,33 @@ def test_every_paper_config_parses():
                 )
 
 
+def _shape_key(cfg, datamodule) -> str:
+    """What a network's cost and shapes depend on: the method, the model config and the input shape."""
+    model = cfg.get("model")
+    model = OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else model
+    shape = list(getattr(datamodule, "input_shape", None) or [])
+    classes = getattr(datamodule, "num_classes", None)
+    return json.dumps([cfg.method.name, model, shape, classes], sort_keys=True, default=str)
+
+
 @pytest.mark.parametrize(("paper", "table_id", "scale"), TABLES)
-def test_every_cell_composes_and_instantiates(paper: str, table_id: str, scale: str):
+def test_every_cell_composes_and_instantiates(paper: str, table_id: str, scale: str, first_in_session):
+    """Every cell composes; its data module sets up (random data of the paper's shapes at paper scale) and its
+    module is built once per distinct method, model and shape in the session."""
     spec = load_paper(paper)
     table = spec.tables[table_id]
-    for row, column in table.cells():
-        cfg = compose(run_overrides(spec, table, row, column, 0, scale))
+    overrides = [run_overrides(spec, table, row, column, 0, scale) for row, column in table.cells()]
+    for cell_overrides, cfg in zip(overrides, compose_run_configs(overrides), strict=True):
         assert cfg.paper == paper and cfg.table == table_id and cfg.scale.name == scale
         datamodule = build_datamodule(cfg)
         method = lookup("method", cfg.method.name)
         if isinstance(method, type) and issubclass(method, Pipeline):
             continue
-        if scale == "mini":
-            datamodule.setup("fit")
-        else:  # paper data is not here: instantiate the model against the paper's shapes
-            datamodule = build_datamodule(
-                compose([*run_overrides(spec, table, row, column, 0, scale), "data.source=random"])
-            )
-            datamodule.setup("fit")
+        if scale == "paper":  # paper data is not here: instantiate the model against the paper's shapes
+            datamodule = build_datamodule(compose_run_configs([[*cell_overrides, "data.source=random"]])[0])
+        datamodule.setup("fit")
+        if not first_in_session("instantiate " + _shape_key(cfg, datamodule)):
+            continue
         module = build_module(cfg, datamodule)
         assert sum(p.numel() for p in module.parameters()) > 0
 
@@ -71,27 +80,26 @@ ONE_STEP_BATCH_SIZE = {"d_simplex": 8, "confident_learning": 8, "diffusion_cls":
 
 
 @pytest.mark.parametrize(("paper", "table_id"), PAPER_TABLES)
-def test_paper_scale_one_training_step(paper: str, table_id: str, tmp_path: Path):
+def test_paper_scale_one_training_step(paper: str, table_id: str, tmp_path: Path, first_in_session):
+    """One real step (forward, backward, optimiser) per distinct method, model and data setup of the session:
+    cells that differ only in the table's swept data settings (noise rates, priors) share shapes, and a table
+    whose networks another table already stepped only composes."""
     spec = load_paper(paper)
     table = spec.tables[table_id]
-    seen = set()
-    for row, column in table.cells():
-        overrides = run_overrides(spec, table, row, column, 0, "paper")
-        composed = compose(overrides)
-        # One step per method and model: rows that differ only in a method's hyper-parameters (or columns
-        # that differ only in data settings) train the same network on the same shapes.
-        model = composed.get("model")
-        model = OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else model
-        key = json.dumps([composed.method.name, model], sort_keys=True, default=str)
-        if key in seen:
+    batch = ONE_STEP_BATCH_SIZE.get(paper, 2)
+    random_data = ["data.source=random", f"data.batch_size={batch}", "data.num_workers=0"]
+    overrides = [
+        [*run_overrides(spec, table, row, column, 0, "paper"), *random_data] for row, column in table.cells()
+    ]
+    composed = compose_run_configs(overrides)
+    for (row, column), cell_overrides, key in zip(
+        table.cells(), overrides, _network_keys(composed), strict=True
+    ):
+        if not first_in_session("step " + key):
             continue
-        seen.add(key)
         cfg = compose(
             [
-                *overrides,
-                "data.source=random",
-                f"data.batch_size={ONE_STEP_BATCH_SIZE.get(paper, 2)}",
-                "data.num_workers=0",
+                *cell_overrides,
                 "trainer.max_epochs=1",
                 "+trainer.limit_train_batches=1",
                 "+trainer.limit_val_batches=1",
@@ -105,3 +113,22 @@ def test_paper_scale_one_training_step(paper: str, table_id: str, tmp_path: Path
         )
         record = execute(cfg)
         assert record.complete, (row, column, record.reason)
+
+
+def _network_keys(configs: list) -> list[str]:
+    """Per cell: the method, the model and the data settings the table does not sweep (what decides the
+    network and its input shapes)."""
+    data = [OmegaConf.to_container(cfg.data, resolve=True) for cfg in configs]
+    swept = {k for d in data for k in d if any(other.get(k) != d.get(k) for other in data)}
+    return [
+        json.dumps(
+            [
+                cfg.method.name,
+                OmegaConf.to_container(cfg.model, resolve=True) if "model" in cfg else None,
+                {k: v for k, v in d.items() if k not in swept},
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        for cfg, d in zip(configs, data, strict=True)
+    ]

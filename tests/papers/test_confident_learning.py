@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import common.run
 from common.experiment import build_datamodule, build_module, build_trainer
 from common.lit import RunContext
-from common.lit.cross_val import cross_val_cache_key, cross_val_predict_proba
+from common.lit.cross_val import STAGE_NAME, cross_val_predict_proba, cross_val_stage_config
+from common.lit.stages import Stages
 from common.run import execute
 from papers.confident_learning import (
     FILTER_METHODS,
@@ -51,18 +52,20 @@ def _run(output_root: Path, filter_by: str, *extra: str):
 def _context(cfg, tmp_path: Path) -> RunContext:
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
+    make_trainer = lambda **kw: build_trainer(cfg, tmp_path, checkpoint=False, **kw)  # noqa: E731
     return RunContext(
         cfg=cfg,
         datamodule=datamodule,
         make_module=lambda method=None: build_module(cfg, datamodule, method),
-        make_trainer=lambda **kw: build_trainer(cfg, tmp_path, checkpoint=False, **kw),
+        make_trainer=make_trainer,
+        stages=Stages(root=tmp_path / "stages", code_hash="test", make_trainer=make_trainer),
     )
 
 
 def _cached_probs(output_root: Path) -> np.ndarray:
-    files = list((output_root / "cache").glob("cross_val_proba_*.npy"))
+    files = list((output_root / "stages" / "confident_learning" / STAGE_NAME).glob("*/result.pt"))
     assert len(files) == 1, files
-    return np.load(files[0])
+    return torch.load(files[0], weights_only=True)["value"].numpy()
 
 
 def test_pipeline_writes_a_complete_record_and_caches_the_cross_validation(
@@ -136,33 +139,34 @@ def test_weighted_module_loss_and_bad_weights():
         ConfidentLearningPipeline(filter_by="argmax")
 
 
-def test_cross_val_is_cached_by_data_and_training_config(tmp_path: Path):
+def test_cross_val_is_a_stage_keyed_by_data_and_training_config(tmp_path: Path):
     cfg = compose([*TINY, "trainer.max_epochs=1"])
     context = _context(cfg, tmp_path)
     before = torch.get_rng_state()
-    probs = cross_val_predict_proba(context, n_folds=3, seed=0, cache_dir=tmp_path / "cache")
+    probs = cross_val_predict_proba(context, n_folds=3, seed=0)
     assert torch.equal(torch.get_rng_state(), before)  # the caller's random state is untouched
     assert probs.shape == (context.datamodule.num_train, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
     def no_trainer(**kwargs):
         raise AssertionError("recomputed")
 
-    cached = RunContext(cfg, context.datamodule, context.make_module, no_trainer)
-    again = cross_val_predict_proba(cached, n_folds=3, seed=0, cache_dir=tmp_path / "cache")
-    assert np.array_equal(probs, again)
-    assert not list((tmp_path / "cache").glob(".*"))  # no temporary files left behind
+    cached = RunContext(cfg, context.datamodule, context.make_module, no_trainer, stages=context.stages)
+    again = cross_val_predict_proba(cached, n_folds=3, seed=0)
+    assert np.array_equal(probs, again) and context.stages.computed == [STAGE_NAME]
+    assert not list((tmp_path / "stages").rglob(".*.tmp"))  # no temporary files left behind
 
-    key = cross_val_cache_key(context, n_folds=3, seed=0)
-    assert key != cross_val_cache_key(context, n_folds=4, seed=0)
-    assert key != cross_val_cache_key(context, n_folds=3, seed=1)
+    def key(ctx, n_folds=3, seed=0):
+        return ctx.stages.locate(STAGE_NAME, cross_val_stage_config(ctx, n_folds=n_folds, seed=seed)).path
+
+    assert key(context) != key(context, n_folds=4) and key(context) != key(context, seed=1)
     other_lr = _context(compose([*TINY, "trainer.max_epochs=1", "optim.optimizer.lr=0.01"]), tmp_path)
-    assert key != cross_val_cache_key(other_lr, n_folds=3, seed=0)
+    assert key(context) != key(other_lr)
     # Both tables of the paper train the same way, so they share the probabilities.
     detection = compose(
         [*TINY, "trainer.max_epochs=1", "experiment=confident_learning/label_error_detection"]
     )
-    assert key == cross_val_cache_key(_context(detection, tmp_path), n_folds=3, seed=0)
-    shutil.rmtree(tmp_path / "cache")
+    assert key(context) == key(_context(detection, tmp_path))
+    shutil.rmtree(tmp_path / "stages")
 
 
 # 12 examples, 3 classes. x2 (a 1 labelled 0) and x10 (a 0 labelled 2) are confidently wrong; x3 (a 1 labelled

@@ -1,0 +1,179 @@
+"""Cached stages (`common.lit.stages`): computed once per sub-config and code, atomic, shared by concurrent
+tasks, and a killed gradient stage resumes from its last epoch while finished stages are reused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.config import REPO_ROOT
+from common.lit.stages import Stages
+
+WORKER = Path(__file__).with_name("stages_worker.py")
+
+
+def test_compute_runs_once_per_config_and_code(tmp_path: Path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"probs": torch.arange(3.0), "n": len(calls)}
+
+    stages = Stages(root=tmp_path, code_hash="a")
+    first = stages.compute("cross_val", {"folds": 4}, compute)
+    again = stages.compute("cross_val", {"folds": 4}, compute)
+    assert len(calls) == 1 and torch.equal(again["probs"], first["probs"]) and again["n"] == 1
+    stages.compute("cross_val", {"folds": 5}, compute)  # another sub-config
+    Stages(root=tmp_path, code_hash="b").compute("cross_val", {"folds": 4}, compute)  # changed code
+    assert len(calls) == 3
+    assert stages.computed == ["cross_val", "cross_val"]
+
+
+def test_unreadable_result_is_recomputed(tmp_path: Path):
+    stages = Stages(root=tmp_path, code_hash="a")
+    stages.compute("gmm", {"k": 2}, lambda: 1)
+    stages.locate("gmm", {"k": 2}).result.write_bytes(b"\x00torn write")
+    assert stages.compute("gmm", {"k": 2}, lambda: 2) == 2
+
+
+def test_seeded_stage_leaves_the_callers_random_state(tmp_path: Path):
+    stages = Stages(root=tmp_path, code_hash="a")
+    torch.manual_seed(0)
+    drawn = stages.compute("noise", {}, lambda: torch.rand(2), seed=7)
+    after_compute = torch.rand(1)
+    torch.manual_seed(0)
+    reused = stages.compute("noise", {}, lambda: torch.rand(2), seed=7)
+    after_reuse = torch.rand(1)
+    torch.manual_seed(7)
+    assert torch.equal(drawn, torch.rand(2)) and torch.equal(reused, drawn)
+    assert torch.equal(after_compute, after_reuse)
+
+
+def test_bad_stage_names_are_refused(tmp_path: Path):
+    for name in ("", "a/b", ".hidden"):
+        with pytest.raises(ValueError, match="plain folder name"):
+            Stages(root=tmp_path, code_hash="a").locate(name, {})
+
+
+def _slow_stage(root: str, marker: str) -> int:
+    def compute():
+        with open(marker, "a") as out:
+            out.write("computed\n")
+        time.sleep(1.0)
+        return 42
+
+    return Stages(root=Path(root), code_hash="a").compute("shared", {"x": 1}, compute)
+
+
+def test_concurrent_tasks_compute_a_stage_once(tmp_path: Path):
+    marker = tmp_path / "marker.txt"
+    with ProcessPoolExecutor(max_workers=3) as pool:
+        values = list(pool.map(_slow_stage, [str(tmp_path)] * 3, [str(marker)] * 3))
+    assert values == [42, 42, 42]
+    assert marker.read_text().splitlines() == ["computed"]
+
+
+def _checkpointed_epoch(stage: Path) -> int:
+    for path in stage.glob("*/checkpoints/last.ckpt"):
+        try:
+            return int(torch.load(path, weights_only=False, mmap=True)["epoch"])
+        except Exception:  # being written
+            return -1
+    return -1
+
+
+@pytest.mark.slow
+def test_kill_during_the_second_stage_resumes_it_and_reuses_the_first(tmp_path: Path):
+    log = tmp_path / "log.txt"
+    command = [sys.executable, str(WORKER), str(tmp_path), str(log)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill -9 once the second stage has finished two epochs
+        if _checkpointed_epoch(tmp_path / "stages" / "second") >= 1:
+            break
+        assert process.poll() is None, "the worker ended before it could be killed"
+        time.sleep(0.1)
+    else:
+        pytest.fail("the second stage never checkpointed")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert "done" not in log.read_text()
+    subprocess.run(command, cwd=REPO_ROOT, env=env, check=True, timeout=300)
+
+    lines = log.read_text().splitlines()
+    assert lines.count("first start_epoch=0") == 1, lines  # the finished stage is not refitted
+    starts = [int(line.split("=")[1]) for line in lines if line.startswith("second start_epoch=")]
+    assert starts[0] == 0 and starts[1] >= 2, lines  # resumed after its last finished epoch
+    assert lines[-1] == "done computed=second curve=8", lines  # the whole curve, epochs before the kill too
+    assert not list((tmp_path / "stages").glob("*/*/checkpoints")), "checkpoints of finished stages remain"
+
+
+def test_a_resumed_fit_equals_an_uninterrupted_one_curves_included(tmp_path: Path):
+    """`build_trainer` checkpoints every epoch with the module's curves: fitting 2 epochs, then resuming to
+    4 from last.ckpt, gives the weights and the whole curve of a 4-epoch fit."""
+    from omegaconf import OmegaConf
+
+    from common.experiment import build_trainer
+    from tests.common.stages_worker import Regression, regression_loader
+
+    cfg = OmegaConf.create(
+        {
+            "trainer": {"accelerator": "cpu", "max_epochs": 4},
+            "runtime": {"checkpoint": False, "progress": False},
+        }
+    )
+    torch.manual_seed(0)
+    whole = Regression("whole", tmp_path / "log", 0.0)
+    build_trainer(cfg, tmp_path, checkpoint_dirpath=tmp_path / "a").fit(whole, regression_loader())
+
+    torch.manual_seed(0)
+    first = Regression("first", tmp_path / "log", 0.0)
+    build_trainer(cfg, tmp_path, checkpoint_dirpath=tmp_path / "b", max_epochs=2).fit(
+        first, regression_loader()
+    )
+    resumed = Regression("resumed", tmp_path / "log", 0.0)
+    build_trainer(cfg, tmp_path, checkpoint_dirpath=tmp_path / "b").fit(
+        resumed, regression_loader(), ckpt_path=str(tmp_path / "b" / "last.ckpt")
+    )
+    assert resumed.curves == whole.curves and len(whole.curves["train/loss"]) == 4
+    assert torch.equal(resumed.layer.weight, whole.layer.weight)
+
+
+def test_training_metrics_are_shared_by_cells_that_train_the_same_config(tmp_path: Path):
+    from omegaconf import OmegaConf
+
+    def config(column: str, report: str, output: str):
+        return OmegaConf.create(
+            {
+                "seed": 1,
+                "method": {"name": "x"},
+                "protocol": {"report": report},
+                "cell": {"row": "A", "column": column},
+                "table": column,
+                "runtime": {"output_root": output},
+            }
+        )
+
+    calls = []
+
+    def train():
+        calls.append(1)
+        return {"ndcg": 0.5, "recall": 0.25}, {"val/ndcg": [0.4, 0.5]}
+
+    stages = Stages(root=tmp_path, code_hash="a")
+    first = stages.training_metrics(config("ndcg", "ndcg", "o1"), train)
+    second = stages.training_metrics(config("recall", "recall", "o2"), train)
+    assert first == second == ({"ndcg": 0.5, "recall": 0.25}, {"val/ndcg": [0.4, 0.5]}) and len(calls) == 1
+    changed = config("ndcg", "ndcg", "o1")
+    changed.seed = 2
+    stages.training_metrics(changed, train)
+    assert len(calls) == 2
