@@ -109,7 +109,8 @@ def build_trainer(
     """A Trainer from `cfg.trainer`; pipelines pass overrides (e.g. max_epochs) for their sub-fits.
 
     With checkpoints (`runtime.checkpoint`, or a `checkpoint_dirpath` given by a stage) the Trainer saves
-    `last.ckpt` every epoch, with the module's learning curves, so a resumed fit reports whole curves; under
+    `last.ckpt` every epoch, with the module's learning curves and the random states, so a resumed fit
+    continues as an uninterrupted one would; under
     SLURM it saves one more on the requeue signal."""
     params = {**OmegaConf.to_container(cfg.trainer, resolve=True), **overrides}
     checkpoint = checkpoint_dirpath is not None or (
@@ -124,7 +125,7 @@ def build_trainer(
         latest = ModelCheckpoint(
             dirpath=str(directory), filename="last", monitor=None, save_top_k=1, enable_version_counter=False
         )
-        callbacks += [latest, CurvesInCheckpoint()]
+        callbacks += [latest, ResumableState()]
     if cfg.runtime.progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -154,17 +155,39 @@ def slurm_environment() -> Any:
     return SLURMEnvironment(auto_requeue=False)
 
 
-class CurvesInCheckpoint(L.Callback):
-    """Keeps a module's `curves` (per-epoch metrics the record reports) in its checkpoints: a fit resumed
-    after preemption reports the epochs before the kill too (e.g. the drop from the best epoch)."""
+class ResumableState(L.Callback):
+    """Puts into every checkpoint what Lightning leaves out and a resumed fit needs to continue exactly: the
+    module's `curves` (per-epoch metrics the record reports, e.g. the drop from the best epoch) and the torch,
+    NumPy and Python random states (the next epoch's shuffling draws from torch's global generator)."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
         if isinstance(getattr(pl_module, "curves", None), dict):
             checkpoint["pnu_curves"] = {k: list(v) for k, v in pl_module.curves.items()}
+        name, keys, position, has_gauss, cached_gauss = np.random.get_state()
+        checkpoint["pnu_rng"] = {  # plain types and tensors: checkpoints load with weights_only=True
+            "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss],
+            "python": random.getstate(),
+        }
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
         if "pnu_curves" in checkpoint and isinstance(getattr(pl_module, "curves", None), dict):
             pl_module.curves = {k: list(v) for k, v in checkpoint["pnu_curves"].items()}
+        if "pnu_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["pnu_rng"]["torch"])
+            name, keys, position, has_gauss, cached_gauss = checkpoint["pnu_rng"]["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+            random.setstate(checkpoint["pnu_rng"]["python"])
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:

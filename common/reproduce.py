@@ -181,6 +181,18 @@ def _compose_table(table: TableSpec, cells: list[tuple[str, str]], overrides: li
         raise
 
 
+def check_labels(
+    paper: PaperSpec, tables: list[TableSpec], rows: list[str] | None, columns: list[str] | None
+) -> None:
+    """Every chosen row and column label exists in at least one of `tables` (the tables being reproduced)."""
+    for label, chosen in (("row", rows), ("column", columns)):
+        known = {name: None for table in tables for name in getattr(table, f"{label}s")}
+        unknown = sorted(set(chosen or []) - set(known))
+        if unknown:
+            where = f"table {tables[0].id} has" if len(tables) == 1 else f"the tables of {paper.key} have"
+            raise UserError(f"{where} no {label} {unknown}; the {label}s: {list(known)}")
+
+
 def plan(
     paper: PaperSpec,
     tables: list[TableSpec],
@@ -193,11 +205,8 @@ def plan(
     """Every (cell, seed) of the tables, with its composed config hash and any existing matching record."""
     planned = []
     paper_code_hash = code_hashes(paper.key).paper
+    check_labels(paper, tables, rows, columns)
     for table in tables:
-        for label, chosen, known in (("row", rows, table.rows), ("column", columns, table.columns)):
-            unknown = sorted(set(chosen or []) - set(known))
-            if unknown:
-                raise UserError(f"table {table.id} has no {label} {unknown}; its {label}s: {list(known)}")
         cells = [
             (row, column)
             for row, column in table.cells()
@@ -468,6 +477,7 @@ def reproduce(cfg: DictConfig) -> int:
     columns = list(cfg.columns) if cfg.columns else None
     console.rule(f"[bold]{paper.key}[/bold]: {paper.title}")
     started = time.perf_counter()
+    check_labels(paper, selected, rows, columns)
     runs = plan(paper, all_tables, cfg.scale, seeds, common, rows, columns)
     chosen = {t.id for t in selected}
     to_run = [r for r in runs if r.table in chosen and (cfg.force or not r.done)]

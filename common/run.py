@@ -81,7 +81,8 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule: Any) -> tuple[dict, dict,
             ),
         )
         metrics = method_cls(**params).run(context)
-        return metrics, context.curves, {"loggers": loggers, **context.extra}
+        stages = {"stages_computed": context.stages.computed, "stages_reused": context.stages.reused}
+        return metrics, context.curves, {"loggers": loggers, **context.extra, **stages}
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, run_dir, loggers=loggers)
     last = checkpoint_dir(run_dir, cfg) / "last.ckpt"

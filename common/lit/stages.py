@@ -67,7 +67,8 @@ class Stages:
     code_hash: str
     make_trainer: Callable[..., L.Trainer] | None = None
     loggers: list = field(default_factory=list)
-    computed: list[str] = field(default_factory=list)  # names of the stages this process computed
+    computed: list[str] = field(default_factory=list)  # names of the stages this run computed
+    reused: list[str] = field(default_factory=list)  # names of the stages this run read from disk
 
     def locate(self, name: str, config: Mapping[str, Any]) -> StageDir:
         """The folder of stage `name` with sub-config `config` (what determines its result)."""
@@ -86,19 +87,19 @@ class Stages:
         does not depend on whether the stage was computed or reused."""
         stage = self.locate(name, config)
         value = _load(stage.result)
-        if value is not None:
-            log.info("stage %s: reusing %s", name, stage.path)
-            return value["value"]
-        with stage.lock:
-            value = _load(stage.result)  # another task may have finished it while this one waited
-            if value is not None:
-                return value["value"]
-            log.info("stage %s: computing into %s", name, stage.path)
-            with _seeded(seed):
-                result = compute()
-            save_torch(stage.result, {"value": result})
-            self.computed.append(name)
-            return result
+        if value is None:
+            with stage.lock:
+                value = _load(stage.result)  # another task may have finished it while this one waited
+                if value is None:
+                    log.info("stage %s: computing into %s", name, stage.path)
+                    with _seeded(seed):
+                        result = compute()
+                    save_torch(stage.result, {"value": result})
+                    self.computed.append(name)
+                    return result
+        log.info("stage %s: reusing %s", name, stage.path)
+        self.reused.append(name)
+        return value["value"]
 
     def fit(
         self,
@@ -123,9 +124,11 @@ class Stages:
         module = make_module()
         if self._restore(module, stage):
             log.info("stage %s: reusing %s", name, stage.path)
+            self.reused.append(name)
             return module
         with stage.lock:
             if self._restore(module, stage):
+                self.reused.append(name)
                 return module
             last = stage.checkpoints / "last.ckpt"
             resume = last if _readable_checkpoint(last) else None

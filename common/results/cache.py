@@ -1,10 +1,9 @@
-"""A disk cache for work that several runs share.
+"""Files that are whole or absent: stable content keys and atomic writes.
 
-Cells of a table often reuse one computation: several reported metrics of the same training, rows that
-differ only in evaluation, a pretrained encoder or extracted features. Such artefacts live under
-``<runtime.output_root>/cache/<namespace>/``, are named by a hash of everything that determines them
-(`cache_key`), and are written atomically (`atomic_write`): a crash never leaves a partial file, and runs of a
-sweep that race for the same file each write a complete one. A file that cannot be read is treated as absent.
+Run records and cached stages (`common.lit.stages`) are written through `atomic_write` (a temporary file
+beside the target, fsync, rename): a crash never leaves a partial file, and writers that race for one path
+each write a complete one. A file that cannot be read is treated as absent. `cache_key` names content by a
+hash of everything that determines it.
 """
 
 from __future__ import annotations
@@ -18,48 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "atomic_write",
-    "cache_dir",
-    "cache_key",
-    "cached_metrics",
-    "load_torch",
-    "read_json",
-    "save_torch",
-    "training_key",
-    "write_json",
-]
-
-# Run-config keys that never change what a run trains: where it writes, which cell it fills, the sweeper's
-# objective. `protocol.report` (which of the computed metrics a cell reports) is dropped too.
-NOT_TRAINING_KEYS = ("runtime", "cell", "table", "hydra", "objective")
+__all__ = ["atomic_write", "cache_key", "load_torch", "read_json", "save_torch", "write_json"]
 
 
 def cache_key(*parts: Any, length: int = 16) -> str:
-    """A hex digest of ``parts`` (JSON with sorted keys; other objects by ``str``): equal inputs, equal key.
-
-    Put a version number among the parts and bump it when the cached computation changes."""
+    """A hex digest of ``parts`` (JSON with sorted keys, other objects by ``str``): same inputs, same key."""
     text = json.dumps(list(parts), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def training_key(cfg: Any, version: int, length: int = 20) -> str:
-    """Cache key of what a run trains: its resolved config without `NOT_TRAINING_KEYS` and `protocol.report`.
-
-    Cells that report different metrics of one training (or sit in different tables) share an entry; bump
-    `version` when the cached computation changes."""
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_TRAINING_KEYS:
-        config.pop(key, None)
-    config.get("protocol", {}).pop("report", None)
-    return cache_key(version, config, length=length)
-
-
-def cache_dir(cfg: Any, namespace: str) -> Path:
-    """``<runtime.output_root>/cache/<namespace>`` of a run config (not created)."""
-    return Path(cfg.runtime.output_root) / "cache" / namespace
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -115,15 +79,3 @@ def load_torch(path: Path, *, weights_only: bool = True) -> Any | None:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError):
         return None
-
-
-def cached_metrics(path: Path, context: Any, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """A run's metrics and learning curves (`context.curves`) from the JSON at `path`, or computed by
-    `compute()` (which fills `context.curves`) and stored there for the next run with the same key."""
-    cached = read_json(path)
-    if cached is not None:
-        context.curves = cached["curves"]
-        return cached["metrics"]
-    metrics = compute()
-    write_json(path, {"metrics": metrics, "curves": context.curves})
-    return metrics

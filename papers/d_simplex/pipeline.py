@@ -17,17 +17,16 @@ Steps, after the official loop (miccunifi/iamcl2r @ 18495ac, src/iamcl2r/main.py
 4. AC and AM of the matrix (metrics.py).
 The upstream ("downloaded") models are pre-trained here, with the method's classifier: the official
 checkpoints are ResNet-18 trained on 100 / 300 / 600 ImageNet32 classes (notebooks/iamcl2r_hoc.ipynb cell 2),
-shared only as a download outside the HuggingFace hub.
+shared only as a download outside the HuggingFace hub. Each is the stage `upstream_model`
+(`<output_root>/stages/d_simplex/upstream_model/<key>/`), trained once and reused by every run that needs it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,11 +52,7 @@ from papers.d_simplex.module import CLASSIFIERS, CompatibleLearner
 log = logging.getLogger("pnu.d_simplex")
 
 RETRIEVAL_SPLITS = ("train", "test", "test_half_0", "test_half_1")
-# Pre-trained upstream models of this process, by configuration: the rows of a table that share a classifier
-# (d-Simplex with and without HOC) and its columns reuse them within one local sweep. Their training is
-# seeded on its own, so a cached model is the one a fresh process would train.
-_UPSTREAM_CACHE: OrderedDict[str, tuple[int, dict[str, torch.Tensor]]] = OrderedDict()
-_UPSTREAM_CACHE_SIZE = 6
+UPSTREAM_STAGE = "upstream_model"
 
 
 # ---- the sequence ------------------------------------------------------------------------------------------
@@ -177,6 +172,19 @@ class Scenario:
         return scenario
 
 
+@contextmanager
+def _no_validation_loop_warning() -> Iterator[None]:
+    """Evaluation happens after each fit, not in Lightning's validation loop: silence its warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*validation_step.*val_dataloader.*")
+        yield
+
+
+def _upstream_fraction(spec: dict[str, Any], index: int) -> float:
+    """The share of each class the `index`-th pre-trained model trains on (all when no fractions)."""
+    return float((spec.get("fractions") or [1.0] * (index + 1))[index])
+
+
 # ---- data helpers ------------------------------------------------------------------------------------------
 def extra_datamodule(cfg: DictConfig, overrides: dict[str, Any] | None, main: Any) -> Any:
     """A second data module: the run's data config with `overrides` (e.g. another hub id). With the
@@ -274,53 +282,82 @@ class IAMCL2RPipeline(Pipeline):
 
     def _fit(self, context: RunContext, learner: CompatibleLearner, loader: DataLoader, epochs: int) -> None:
         trainer = context.make_trainer(max_epochs=int(epochs), limit_val_batches=0)
-        with warnings.catch_warnings():  # evaluation happens after the fit, not in Lightning's val loop
-            warnings.filterwarnings("ignore", message=".*validation_step.*val_dataloader.*")
+        with _no_validation_loop_warning():
             trainer.fit(learner, train_dataloaders=loader)
 
-    def _upstream_model(self, context: RunContext, scenario: Scenario, index: int) -> CompatibleLearner:
-        """The `index`-th pre-trained model, from the process cache or trained now (own RNG stream)."""
-        cfg = context.cfg
-        recipe = {
-            "seed": int(cfg.seed),
+    def upstream_stage_config(self, cfg: DictConfig, scenario: Scenario, index: int) -> dict[str, Any]:
+        """What decides the `index`-th pre-trained model: the seed, the classifier, the data, model and
+        trainer configs (its epochs and optimiser are the upstream's own), the examples the sequence keeps
+        (the upstream trains on the rest when it has no data of its own) and the model's upstream spec.
+        The fine-tuning's loss (HOC or not) and schedule do not enter: d-Simplex and d-Simplex-HOC rows, and
+        both columns, share the models."""
+        spec = scenario.upstream
+        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+        trainer.pop("max_epochs", None)  # the fine-tuning's; the upstream trains for `upstream.epochs`
+        return {
             "index": index,
+            "seed": int(cfg.seed),
             "classifier": self.classifier,
-            "preallocated_classes": self.preallocated_classes,
+            "preallocated_classes": self.preallocated_classes if self.classifier == "dsimplex" else None,
             "data": OmegaConf.to_container(cfg.data, resolve=True),
             "model": OmegaConf.to_container(cfg.model, resolve=True),
-            "precision": str(cfg.trainer.get("precision")),
+            "trainer": trainer,
             "img_per_class": scenario.img_per_class,
             "sequence_classes": scenario.sequence_classes,
-            "upstream": scenario.upstream,
+            "upstream": {
+                **spec,
+                "classes": int(spec["classes"][index]),
+                "fractions": _upstream_fraction(spec, index),
+            },
         }
-        key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
-        optim = OmegaConf.select(cfg, "iamcl2r.upstream.optim")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(cfg.seed) * 1000 + 900 + index)
-            if key in _UPSTREAM_CACHE:
-                outputs, state = _UPSTREAM_CACHE[key]
-                learner = self._learner(context, outputs, hoc=False, optim=optim)
-                learner.load_state_dict(state)
-                log.info("upstream model %d: reused from this process's cache", index)
-                return learner
-            learner = self._pretrain_upstream(context, scenario, index)
-        outputs = int(learner.head.weight.shape[0]) if learner.head is not None else 1
-        _UPSTREAM_CACHE[key] = (
-            outputs,
-            {k: v.detach().cpu().clone() for k, v in learner.state_dict().items()},
-        )
-        while len(_UPSTREAM_CACHE) > _UPSTREAM_CACHE_SIZE:
-            _UPSTREAM_CACHE.popitem(last=False)
-        return learner
 
-    def _pretrain_upstream(self, context: RunContext, scenario: Scenario, index: int) -> CompatibleLearner:
+    def _upstream_model(self, context: RunContext, scenario: Scenario, index: int) -> CompatibleLearner:
         """The `index`-th "downloaded" model: trained from scratch on the first `classes[index]` upstream
-        classes (a `fractions[index]` share of each), with this method's classifier and cross entropy."""
+        classes (a `fractions[index]` share of each), with this method's classifier and cross entropy.
+
+        With the run's stages it is the stage `upstream_model`, trained once per `upstream_stage_config`
+        and reused by every run that needs it. Its training has its own RNG stream, so a reused model is the
+        one a fresh run would train, and the run's random state does not depend on which it got."""
         cfg, main = context.cfg, context.datamodule
         spec = scenario.upstream
-        if self._upstream_data is None:
-            self._upstream_data = extra_datamodule(cfg, spec.get("data"), main)
-        datamodule = self._upstream_data
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed) * 1000 + 900 + index)
+            if self._upstream_data is None:
+                self._upstream_data = extra_datamodule(cfg, spec.get("data"), main)
+            datamodule = self._upstream_data
+            chosen, relabelled = self._upstream_examples(context, scenario, index, datamodule)
+            num_outputs = int(relabelled.max()) + 1 if len(relabelled) else 1
+            optim = OmegaConf.select(cfg, "iamcl2r.upstream.optim")
+            learner = self._learner(context, num_outputs, hoc=False, optim=optim)
+            if len(chosen) == 0:
+                log.warning("upstream model %d has no training examples; it stays as initialised", index)
+                return learner
+            dataset = datamodule.train_dataset(chosen, labels=relabelled)
+            generator = torch.Generator().manual_seed(int(cfg.seed) * 1000 + 900 + index)
+            sampler = ReplayBatchSampler(len(chosen), 0, int(datamodule.batch_size), generator)
+            loader = train_loader(datamodule, dataset, sampler)
+            epochs = int(spec["epochs"])
+            num_classes = int(spec["classes"][index])
+            log.info("upstream model %d: %d examples of %d classes", index, len(chosen), num_classes)
+            if context.stages is None:
+                self._fit(context, learner, loader, epochs)
+                return learner
+            with _no_validation_loop_warning():
+                return context.stages.fit(
+                    UPSTREAM_STAGE,
+                    self.upstream_stage_config(cfg, scenario, index),
+                    lambda: learner,
+                    trainer_overrides={"max_epochs": epochs, "limit_val_batches": 0},
+                    train_dataloaders=loader,
+                )
+
+    @staticmethod
+    def _upstream_examples(
+        context: RunContext, scenario: Scenario, index: int, datamodule: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, labels) of the `index`-th model's training examples in `datamodule`: a seeded
+        `fraction` of each of the first `classes[index]` classes, labels shifted by `label_offset`."""
+        main, spec = context.datamodule, scenario.upstream
         if datamodule is main:  # the run's own training examples of the sequence classes it leaves out
             labels = np.asarray(main.train_labels)
             in_sequence = np.flatnonzero(labels < (scenario.sequence_classes or main.num_classes))
@@ -331,31 +368,16 @@ class IAMCL2RPipeline(Pipeline):
         else:
             pool = np.arange(datamodule.num_train)
         labels = np.asarray(datamodule.train_labels_clean)
-        num_classes = int(spec["classes"][index])
-        fraction = float((spec.get("fractions") or [1.0] * (index + 1))[index])
-        rng = np.random.default_rng([int(cfg.seed), 1])
+        fraction = _upstream_fraction(spec, index)
+        rng = np.random.default_rng([int(context.cfg.seed), 1])
         chosen = []
-        for c in range(num_classes):
+        for c in range(int(spec["classes"][index])):
             members = rng.permutation(pool[labels[pool] == c])  # same order for every index: nested subsets
             chosen.append(members[: int(round(fraction * len(members)))])
         chosen = np.sort(np.concatenate(chosen)) if chosen else np.arange(0)
         # Upstream class ids are unrelated to the task classes' (ImageNet's vs CIFAR's in the paper).
         offset = int(spec.get("label_offset", 0))
-        relabelled = (labels[chosen] + offset) % datamodule.num_classes
-        num_outputs = int(relabelled.max()) + 1 if len(relabelled) else 1
-        optim = OmegaConf.select(cfg, "iamcl2r.upstream.optim")
-        learner = self._learner(context, num_outputs, hoc=False, optim=optim)
-        if len(chosen) == 0:
-            log.warning("upstream model %d has no training examples; it stays at its initialisation", index)
-            return learner
-        dataset = datamodule.train_dataset(chosen, labels=relabelled)
-        generator = torch.Generator().manual_seed(int(cfg.seed) * 1000 + 900 + index)
-        sampler = ReplayBatchSampler(len(chosen), 0, int(datamodule.batch_size), generator)
-        log.info(
-            "pre-training upstream model %d on %d examples of %d classes", index, len(chosen), num_classes
-        )
-        self._fit(context, learner, train_loader(datamodule, dataset, sampler), int(spec["epochs"]))
-        return learner
+        return chosen, (labels[chosen] + offset) % datamodule.num_classes
 
     # ---- evaluation -------------------------------------------------------------------------------------
     @staticmethod

@@ -13,13 +13,14 @@ on the training examples that are in a bag and reports the test AUC (%) of its f
 - `llp_bp_oracle`: BCE on the true instance labels (a supervised reference, not an LLP method).
 Pseudo-label quality on the training examples (`pseudo/auc`, `pseudo/acc`: AUC of the soft pseudo-labels
 and accuracy of the hard ones against the hidden labels) is reported by the LLP-BP methods and
-`llp_bp_bag_prior`. Run metrics are cached under `<output_root>/cache/llp_bp/`, keyed by everything that
-decides them, so the pseudo-label table reads the runs of the AUC table.
+`llp_bp_bag_prior`. A run's (metrics, curves) are a stage named after its method, stored under
+`<output_root>/stages/llp_bp/<method>/<key>/` and keyed by everything that decides them (`stage_config`: the
+method's parameters, the data split, model, optimiser, schedule and seed), so the pseudo-label table reads the
+runs of the AUC table and the `llp_bp_val_select` candidates reuse the `llp_bp` runs.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,6 @@ from omegaconf import OmegaConf
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, cached_metrics, write_json
 from papers.llp_bp.bp import loopy_bp_marginals
 from papers.llp_bp.data import LLPTabularDataModule
 from papers.llp_bp.gibbs import knn_similarity_graph, llp_bp_mrf
@@ -45,12 +45,9 @@ from papers.llp_bp.learners import (
     train_classifier,
 )
 
-# Bump when a method's computation changes, so old cache files are not reused.
-_CACHE_VERSION = 1
-
 
 class LLPPipeline(Pipeline):
-    """Shared plumbing: data check, metric cache, model and schedule from the run's config."""
+    """Shared plumbing: data check, the run's stage, model and schedule from the run's config."""
 
     name: str
 
@@ -62,28 +59,32 @@ class LLPPipeline(Pipeline):
         if not isinstance(datamodule, LLPTabularDataModule):
             raise UserError(f"{self.name} needs bagged tabular data (datamodule: llp_tabular)")
         self.context, self.datamodule = context, datamodule
+        seed = int(context.cfg.seed)
 
-        def compute() -> dict[str, float]:
-            torch.manual_seed(int(context.cfg.seed))
-            return self.with_data_metrics(self.compute())
+        def compute() -> dict[str, Any]:
+            torch.manual_seed(seed)  # the stage seeds too; this seeds a run without stages alike
+            metrics = self.with_data_metrics(self.compute())
+            return {"metrics": metrics, "curves": context.curves}
 
-        return cached_metrics(self.cache_path(self.params), context, compute)
+        if context.stages is None:  # called outside the runner (no stage folder): nothing to share
+            return compute()["metrics"]
+        stored = context.stages.compute(self.name, self.stage_config(self.params), compute, seed=seed)
+        context.curves = stored["curves"]
+        return stored["metrics"]
 
-    def cache_path(self, params: dict[str, Any]) -> Path:
-        """Where the metrics of this method with `params` on the run's data, model and schedule are cached."""
+    def stage_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What decides the metrics of this method with `params`: the data split, model, optimiser, schedule
+        and seed of the run."""
         cfg = self.context.cfg
-        key = cache_key(
-            _CACHE_VERSION,
-            self.name,
-            params,
-            self.datamodule.split_hash,
-            *(
-                OmegaConf.to_container(cfg.get(part) or {}, resolve=True)
+        return {
+            "params": params,
+            "split_hash": self.datamodule.split_hash,
+            **{
+                part: OmegaConf.to_container(cfg.get(part) or {}, resolve=True)
                 for part in ("data", "model", "optim", "trainer", "early_stopping")
-            ),
-            int(cfg.seed),
-        )
-        return cache_dir(cfg, "llp_bp") / f"{self.name}_{key}.json"
+            },
+            "seed": int(cfg.seed),
+        }
 
     def with_data_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         metrics["data/num_bags"] = float(self.datamodule.bags.num_bags)
@@ -173,7 +174,7 @@ class LLPBPPipeline(LLPPipeline):
         refinement_rounds: int = 1,
         max_bag_count: int | None = None,
     ) -> None:
-        # canonical types, so that equal settings share one cache entry
+        # canonical types, so that equal settings share one stage
         super().__init__(
             sim_lambda=float(sim_lambda),
             bag_lambda=float(bag_lambda),
@@ -221,23 +222,30 @@ class LLPBPPipeline(LLPPipeline):
             metrics.update(round_metrics)  # the last round's values are the method's
             metrics["prior/auc"] = auc_percent(y_true, counts[bag_of] / self.datamodule.bag_size)
             if round_id == 0 and int(p["refinement_rounds"]) > 0:
-                # Round 0 is exactly the run without refinement (same seeds): cache it for that ablation.
-                curves = {"round0/valid_auc": self.context.curves["round0/valid_auc"]}
-                write_json(
-                    self.cache_path({**p, "refinement_rounds": 0}),
-                    {"metrics": self.with_data_metrics(dict(metrics)), "curves": curves},
-                )
+                self.store_as_run_without_refinement(metrics)
             if round_id < int(p["refinement_rounds"]):
                 with torch.no_grad():
                     model.eval()
                     covariates = model.embed(x).numpy().astype(np.float64)
         return metrics
 
+    def store_as_run_without_refinement(self, first_round: dict[str, float]) -> None:
+        """Round 0 is exactly the run without refinement (same seeds): store it as that run's stage."""
+        stages = self.context.stages
+        if stages is None:
+            return
+        no_refinement = {
+            "metrics": self.with_data_metrics(dict(first_round)),
+            "curves": {"round0/valid_auc": list(self.context.curves["round0/valid_auc"])},
+        }
+        config = self.stage_config({**self.params, "refinement_rounds": 0})
+        stages.compute(self.name, config, lambda: no_refinement)
+
 
 @register_method("llp_bp_val_select")
 class ValidationSelectedLLPBPPipeline(LLPPipeline):
     """LLP-BP with bag_lambda chosen from `bag_lambda_grid` by the final classifier's validation AUC (the
-    paper tunes its hyper-parameters on a validation split); each candidate is an `llp_bp` run (cached)."""
+    paper tunes its hyper-parameters on a validation split); each candidate is an `llp_bp` run (its stage)."""
 
     name = "llp_bp_val_select"
 

@@ -9,67 +9,51 @@
 - `lls_naive`: the official 'Naive' ablation with the inputs as representation: k-means with m clusters on the
   inputs, NMF, and the class argmax_y p(cluster|y) p(y|d) of each (cluster, domain).
 Every method returns `test/acc` (Hungarian, %), `test/pyd_l1` (summed L1 error of p(y|d), official) and
-`test/pyd_l1_per_domain`. A run's metrics are cached under `<output_root>/cache/lls/` keyed by everything that
-decides them, so the accuracy and the p(y|d) tables of one setting share their runs.
+`test/pyd_l1_per_domain`. A run's (metrics, curves) are a stage (`context.stages.training_metrics`, stored
+under `<output_root>/stages/lls/training/<key>/`) keyed by the resolved run config without the table, the cell
+and the reported metric, so the accuracy and the p(y|d) tables of one setting share their runs.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from common.backbones import build_backbone_for
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, cached_metrics
 from papers.lls import ddfa
 from papers.lls.data import LatentShiftDataModule
 from papers.lls.discriminator import DomainDiscriminator
 
 log = logging.getLogger("pnu.lls")
 
-# Bump when a method's computation changes, so old cache files are not reused.
-_CACHE_VERSION = 1
-
 
 class LatentShiftPipeline(Pipeline):
-    """Shared plumbing: the data check, the metric cache and the true p(y|d)."""
+    """Shared plumbing: the data check, the run's stage and the data facts every record holds."""
 
     name: str
-
-    def __init__(self, **params: Any) -> None:
-        self.params = params
 
     def run(self, context: RunContext) -> dict[str, float]:
         datamodule = context.datamodule
         if not isinstance(datamodule, LatentShiftDataModule):
             raise UserError(f"{self.name} needs latent-label-shift data (datamodule: lls_latent_shift)")
-        cfg = context.cfg
-        key = cache_key(
-            _CACHE_VERSION,
-            self.name,
-            self.params,
-            datamodule.split_hash,
-            OmegaConf.to_container(cfg.data, resolve=True),
-            OmegaConf.to_container(cfg.get("model") or {}, resolve=True),
-            OmegaConf.to_container(cfg.get("optim") or {}, resolve=True),
-            OmegaConf.to_container(cfg.trainer, resolve=True),
-            int(cfg.seed),
-        )
 
-        def compute() -> dict[str, float]:
+        def train() -> tuple[dict[str, float], dict[str, list[float]]]:
             metrics = self.compute(context, datamodule)
             metrics["data/condition_number"] = datamodule.condition_number
             metrics["data/num_train"] = float(datamodule.num_train)
-            return metrics
+            return metrics, context.curves
 
-        return cached_metrics(cache_dir(cfg, "lls") / f"{self.name}_{key}.json", context, compute)
+        if context.stages is None:  # called outside the runner (no stage folder): nothing to share
+            metrics, context.curves = train()
+        else:
+            metrics, context.curves = context.stages.training_metrics(context.cfg, train)
+        return metrics
 
     def compute(self, context: RunContext, datamodule: LatentShiftDataModule) -> dict[str, float]:
         raise NotImplementedError
@@ -82,7 +66,6 @@ class DDFAPipeline(LatentShiftPipeline):
     name = "lls_ddfa"
 
     def __init__(self, num_clusters: int | None = None) -> None:
-        super().__init__(num_clusters=num_clusters)
         self.num_clusters = num_clusters
 
     def compute(self, context: RunContext, datamodule: LatentShiftDataModule) -> dict[str, float]:
@@ -155,7 +138,6 @@ class NaivePipeline(LatentShiftPipeline):
     name = "lls_naive"
 
     def __init__(self, num_clusters: int | None = None) -> None:
-        super().__init__(num_clusters=num_clusters)
         self.num_clusters = num_clusters
 
     def compute(self, context: RunContext, datamodule: LatentShiftDataModule) -> dict[str, float]:

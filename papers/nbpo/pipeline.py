@@ -17,7 +17,8 @@ training; like the official held-out items they may be drawn as unvoted samples)
   the analogue of the paper's protocol (held-out votes as the only positives);
 * NBPO only: `flip/*`, the learnt flip probabilities on voted and unvoted pairs and the correlation of each
   item's mean flip probability with its true flip rate 1 - theta_i.
-A training is cached under `<output_root>/cache/nbpo/` keyed by everything but the cell, so table columns
+A training's (metrics, curves) are a stage (`context.stages.training_metrics`, stored under
+`<output_root>/stages/nbpo/training/<key>/`) keyed by the run config without the cell, so table columns
 that only choose the reported metric (`protocol.report`, copied to `value`) share one training.
 """
 
@@ -35,16 +36,12 @@ from common.lit import Pipeline, RunContext
 from common.lit.pipeline import with_reported_value
 from common.lit.recommender import ImplicitFeedbackDataModule
 from common.registry import register_method
-from common.results.cache import cache_dir, cached_metrics, training_key
 from papers.nbpo.loss import bpo_loss, bpr_loss, nbpo_surrogate_loss
 from papers.nbpo.model import FlipFactorization, preference_model
 from papers.nbpo.sampling import popularity_weights, sample_unvoted
 
 OBJECTIVES = ("bpr", "bpo", "nbpo")
 SAMPLERS = ("uniform", "popularity")
-# Bump when what a run computes changes, so old cache files are not reused.
-_CACHE_VERSION = 1
-# Run-config keys that do not change a training (where results go, which metric a cell shows).
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "SampledMFPipeline", "evaluate_scores", "train_sampled_mf"]
 
@@ -205,12 +202,14 @@ class SampledMFPipeline(Pipeline):
         if protocol is None or protocol.get("ks") is None:
             raise UserError("NBPO runs need protocol.ks (set by the table's experiment config)")
 
-        def train() -> dict[str, float]:
-            metrics, context.curves = self._train(cfg, datamodule, protocol)
-            return metrics
+        def train() -> tuple[dict[str, float], dict[str, list[float]]]:
+            return self._train(cfg, datamodule, protocol)
 
-        path = cache_dir(cfg, "nbpo") / f"{training_key(cfg, _CACHE_VERSION)}.json"
-        return with_reported_value(cached_metrics(path, context, train), protocol.get("report"))
+        if context.stages is None:  # called outside the runner (no stage folder): nothing to share
+            metrics, context.curves = train()
+        else:
+            metrics, context.curves = context.stages.training_metrics(cfg, train)
+        return with_reported_value(metrics, protocol.get("report"))
 
     def _train(self, cfg: Any, datamodule: ImplicitFeedbackDataModule, protocol: Any):
         model = OmegaConf.to_container(cfg.model, resolve=True) if cfg.get("model") else {}

@@ -2,8 +2,8 @@
 
 One run:
 1. contrastive pre-training of the encoder without labels (`common.lit.contrastive`, InfoNCE with in-batch
-   negatives; the paper uses MoCo), cached per (data without its labels, model, schedule, seed), so that
-   every row and noise rate of a table shares one encoder;
+   negatives; the paper uses MoCo), the stage `encoder` (`common.lit.stages`) keyed by (data without its
+   label noise, model, schedule, seed), so that every row and noise rate of a table shares one encoder;
 2. fixed encoder features of the training and test images; a linear classifier on them, trained with
    - `calibration: none`: the noisy long-tailed features as they are (cross entropy, optionally with
      class-balanced weights: `class_weighting: class_balanced`), or
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import logging
 import math
 from typing import Any
 
@@ -37,7 +36,6 @@ from common.eval import extract_features
 from common.eval.metrics import balanced_accuracy, shot_group_accuracy, top_k_accuracy
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, save_torch
 from papers.rcal.calibration import (
     calibrate_tail,
     class_balanced_weights,
@@ -47,12 +45,9 @@ from papers.rcal.calibration import (
 )
 from papers.rcal.module import IndividualCalibrationModule, embed
 
-log = logging.getLogger("pnu.rcal")
-
 CALIBRATIONS = ("none", "distributional")
 WEIGHTINGS = ("none", "class_balanced")
 GROUPS = ("all", "many", "medium", "few")
-_CACHE_VERSION = 1
 _NOISE_KEYS = ("noise_type", "noise_rate", "noise_map", "noise_sparsity", "noise_include_true_class")
 
 
@@ -94,7 +89,8 @@ def train_linear_head(
 class RCALPipeline(Pipeline):
     """Contrastive pre-training -> (distributional calibration) -> linear classifier -> (individual
     calibration). `pretrain` holds the `contrastive` method's options for stage 1 (its optimiser and epochs
-    are the run's `optim` and `trainer`). `report_group` chooses which accuracy is `test/group_acc`."""
+    are the run's `optim` and `trainer`). `report_group` chooses which accuracy is `test/group_acc`; `cache`
+    makes stage 1 the run's stage `encoder`, shared by the runs that train the same encoder."""
 
     def __init__(
         self,
@@ -160,18 +156,18 @@ class RCALPipeline(Pipeline):
         self.report_group, self.cache = report_group, bool(cache)
 
     # ---- stage 1 -------------------------------------------------------------------------------------------
-    def encoder_cache_key(self, context: RunContext) -> str:
-        """sha256 (16 hex) of what decides the pre-trained encoder: the data config without its label
-        noise, the kept (long-tailed) training images, model, optim, trainer, pre-training options, seed."""
+    def encoder_stage_config(self, context: RunContext) -> dict[str, Any]:
+        """What decides the pre-trained encoder: the data config without its label noise, the kept
+        (long-tailed) training images, model, optim, trainer, pre-training options, seed."""
         cfg = context.cfg
         data = OmegaConf.to_container(cfg.data, resolve=True)
         for key in _NOISE_KEYS:
             data.pop(key, None)
         datamodule = context.datamodule
+        # The kept images, by their clean labels: a guard that the noise settings do not change them.
         images = hashlib.sha256(np.ascontiguousarray(datamodule.train_labels_clean).tobytes())
         images.update(np.ascontiguousarray(np.asarray(datamodule.test_labels)).tobytes())
-        payload = {
-            "version": _CACHE_VERSION,
+        return {
             "data": data,
             "clean_labels": images.hexdigest(),
             "num_train": int(datamodule.num_train),
@@ -179,33 +175,28 @@ class RCALPipeline(Pipeline):
             "pretrain": self.pretrain,
             "seed": int(cfg.seed),
         }
-        return cache_key(payload)
 
     def pretrain_encoder(self, context: RunContext) -> tuple[nn.Module, dict[str, float]]:
-        """The stage-1 encoder (backbone, no classifier) and its last-epoch loss, cached or trained."""
-        module = context.make_module(self.pretrain)
-        path = None
-        if self.cache:
-            path = cache_dir(context.cfg, "rcal") / f"encoder_{self.encoder_cache_key(context)}.pt"
-            if path.exists():
-                try:
-                    saved = torch.load(path, map_location="cpu", weights_only=True)
-                    module.backbone.load_state_dict(saved["backbone"])
-                    log.info("contrastive encoder from %s", path)
-                    return module.backbone, {k: float(v) for k, v in saved["metrics"].items()}
-                except (OSError, RuntimeError, KeyError) as err:
-                    log.warning("ignoring unusable cache file %s (%s)", path, err)
-        with isolate_rng(include_cuda=True):
-            L.seed_everything(int(context.cfg.seed), verbose=False)
-            trainer = context.make_trainer()
-            # Loaders, not the data module: the contrastive module's kNN monitor (on noisy labels) is skipped.
-            trainer.fit(module, train_dataloaders=context.datamodule.train_dataloader())
-        metrics = {"stage1/loss": module.curves["train/loss"][-1]}
+        """The stage-1 encoder (backbone, no classifier) and its last-epoch loss: the stage `encoder`, trained
+        once and shared by every run with the same images, model, schedule and seed (trained here, unshared,
+        with `method.cache=false` or without the run's stages)."""
+
+        def make_module() -> L.LightningModule:
+            return context.make_module(self.pretrain)
+
+        seed = int(context.cfg.seed)
+        # Loaders, not the data module: the contrastive module's kNN monitor (on noisy labels) is skipped.
+        loader = context.datamodule.train_dataloader()
+        if self.cache and context.stages is not None:
+            config = self.encoder_stage_config(context)
+            module = context.stages.fit("encoder", config, make_module, seed=seed, train_dataloaders=loader)
+        else:
+            module = make_module()
+            with isolate_rng(include_cuda=True):
+                L.seed_everything(seed, verbose=False)
+                context.make_trainer().fit(module, train_dataloaders=loader)
         context.curves["stage1/loss"] = module.curves["train/loss"]
-        backbone = module.backbone.cpu()
-        if path is not None:
-            save_torch(path, {"backbone": backbone.state_dict(), "metrics": metrics})
-        return backbone, metrics
+        return module.backbone.cpu(), {"stage1/loss": module.curves["train/loss"][-1]}
 
     # ---- the run -------------------------------------------------------------------------------------------
     def run(self, context: RunContext) -> dict[str, float]:

@@ -8,9 +8,9 @@ half unclicked pairs with replacement (real-world code, `src/trainer.py`), `unif
 with replacement (semi-synthetic code, `src/trainer.py`).
 
 One training serves several table cells: a table column may only choose which recorded metric is the
-cell's value (`protocol.report`, copied to the metric `value`), so a training's metrics are cached under
-`<output_root>/cache/rel_mf/` keyed by everything else in the run config. Cached and fresh results are
-identical (every draw is seeded).
+cell's value (`protocol.report`, copied to the metric `value`), so a training's (metrics, curves) are a stage
+(`context.stages.training_metrics`, stored under `<output_root>/stages/rel_mf/training/<key>/`) keyed by
+everything else in the run config. Stored and fresh results are identical (every draw is seeded).
 """
 
 from __future__ import annotations
@@ -28,13 +28,9 @@ from common.lit import Pipeline, RunContext
 from common.lit.pipeline import with_reported_value
 from common.lit.recommender import ImplicitFeedbackDataModule
 from common.registry import register_method
-from common.results.cache import cache_dir, cached_metrics, training_key
 from papers.rel_mf.module import NaiveMF, OracleMF, PointwiseMF, RelMF, WeightedMF
 
 SAMPLINGS = ("balanced", "uniform")
-# Bump when what a run computes changes, so old cache files are not reused.
-_CACHE_VERSION = 1
-# Run-config keys that do not change a training (where its results go, which metric a cell shows).
 
 
 class PairBatchSampler(Sampler):
@@ -90,12 +86,14 @@ class RecommenderPipeline(Pipeline):
         if protocol is None or protocol.get("sampling") not in SAMPLINGS:
             raise UserError(f"Rel-MF runs need protocol.sampling in {SAMPLINGS} (set by the table)")
 
-        def train() -> dict[str, float]:
-            metrics, context.curves = self._train(context, protocol)
-            return metrics
+        def train() -> tuple[dict[str, float], dict[str, list[float]]]:
+            return self._train(context, protocol)
 
-        path = cache_dir(cfg, "rel_mf") / f"{training_key(cfg, _CACHE_VERSION)}.json"
-        return with_reported_value(cached_metrics(path, context, train), protocol.get("report"))
+        if context.stages is None:  # called outside the runner (no stage folder): nothing to share
+            metrics, context.curves = train()
+        else:
+            metrics, context.curves = context.stages.training_metrics(cfg, train)
+        return with_reported_value(metrics, protocol.get("report"))
 
     def _train(self, context: RunContext, protocol: Any) -> tuple[dict[str, float], dict[str, list[float]]]:
         cfg, datamodule = context.cfg, context.datamodule

@@ -253,7 +253,7 @@ class LesionSegmentationDataModule(L.LightningDataModule):
         return (1, self.image_size, self.image_size)
 
     def params(self) -> dict[str, Any]:
-        """What decides the data (cache keys)."""
+        """What decides the data (part of the stages' keys)."""
         return {
             "source": self.source,
             "seed": self.seed,

@@ -26,7 +26,9 @@ STAT_KEYS = ("unlabeled", "propagated", "propagated_true", "unlabeled_true")
 
 
 class SegmentationStage(L.LightningModule):
-    """Trains ``net`` for one stage; ``propagation_stats()`` sums the propagation counts over training."""
+    """Trains ``net`` for one stage. ``curves`` holds the loss of every step and, when propagating, the
+    propagation counts of every step (``propagation/<count>``), which ``propagation_stats()`` sums; as curves
+    they are kept in the stage's checkpoints and stored result, so a resumed or reused stage reports them."""
 
     def __init__(
         self,
@@ -60,8 +62,9 @@ class SegmentationStage(L.LightningModule):
             "similarity_threshold": float(similarity_threshold),
             "vote_fraction": float(vote_fraction),
         }
-        self.stats = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-        self.losses: list[float] = []
+        self.curves: dict[str, list[float]] = {"train/loss": []}
+        if self.propagate:
+            self.curves.update({f"propagation/{key}": [] for key in STAT_KEYS})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net(x)
@@ -91,7 +94,7 @@ class SegmentationStage(L.LightningModule):
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True)
-        self.losses.append(float(loss.detach()))
+        self.curves["train/loss"].append(float(loss.detach()))
         return loss
 
     def _count(self, targets: torch.Tensor, pseudo: torch.Tensor, truth: torch.Tensor) -> None:
@@ -99,12 +102,14 @@ class SegmentationStage(L.LightningModule):
         propagated = pseudo == 1
         lesion = truth == 1
         counts = [unlabeled.sum(), propagated.sum(), (propagated & lesion).sum(), (unlabeled & lesion).sum()]
-        self.stats += torch.tensor([float(c) for c in counts], dtype=torch.float64)
+        for key, count in zip(STAT_KEYS, counts, strict=True):
+            self.curves[f"propagation/{key}"].append(float(count))
 
     def propagation_stats(self) -> dict[str, float]:
         """Share of unlabeled pixels propagated, precision (truly lesion) and recall (of unlabeled lesion) of
         the propagated pixels, in %, summed over every fine-tuning batch."""
-        unlabeled, propagated, hits, lesion = (float(v) for v in self.stats)
+        # Sums of whole numbers: exact in float64, whatever the order.
+        unlabeled, propagated, hits, lesion = (sum(self.curves[f"propagation/{key}"]) for key in STAT_KEYS)
         return {
             "propagated_fraction": 100.0 * propagated / max(unlabeled, 1.0),
             "propagation_precision": 100.0 * hits / max(propagated, 1.0),

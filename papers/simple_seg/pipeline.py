@@ -13,15 +13,15 @@ Stages (Abner228/SmileCode @52b1944):
 Networks are scored by the Dice (%) of their argmax on the fully labelled test images (torchmetrics
 ``dice_score``, lesion class, per image, then averaged over images).
 
-Each stage is seeded from (run seed, stage) and its weights are cached under
-``<output_root>/cache/simple_seg/`` keyed by everything that decides them, so the table's rows (one per stage)
-share their common stages; cached and fresh results are identical.
+Each stage is seeded from (run seed, stage) and is a cached stage (`common.lit.stages`): its network, losses
+and propagation counts are stored under ``<output_root>/stages/simple_seg/<stage>/<key>/``, keyed by
+everything that decides them (the stage's configuration and those of the stages before it), so the table's
+rows (one per stage) share their common stages; stored and fresh results are identical.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any
 
 import lightning as L
@@ -34,17 +34,12 @@ from torchmetrics.functional.segmentation import dice_score
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, load_torch, save_torch
 from papers.simple_seg.data import LesionSegmentationDataModule
 from papers.simple_seg.module import SegmentationStage, epochs_for_steps
 from papers.simple_seg.unet import SegUNet
 
-log = logging.getLogger("pnu.simple_seg")
-
 STAGES = ("stage1", "finetune", "retrain")
 SUPERVISION = ("extreme_points", "ground_truth")
-# Bump when a stage's computation changes, so old cache files are not reused.
-_CACHE_VERSION = 1
 
 
 def dice_percent(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -130,38 +125,32 @@ class SimPLePipeline(Pipeline):
         self.device = torch.device(
             "cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else "cpu"
         )
-        self.cache_dir = cache_dir(cfg, "simple_seg")
+        # What every stage's training depends on; each stage adds its own parameters.
         base = {
-            "version": _CACHE_VERSION,
             "data": data.params(),
             "patch_size": data.patch_size,
             "batch_size": data.batch_size,
-            "model": OmegaConf.to_container(cfg.model, resolve=True),
-            "optim": OmegaConf.to_container(cfg.optim, resolve=True),
-            "trainer": {
-                k: OmegaConf.select(cfg, f"trainer.{k}")
-                for k in ("max_epochs", "limit_train_batches", "precision", "accumulate_grad_batches")
-            },
+            **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "optim", "trainer")},
             "seed": int(cfg.seed),
         }
         metrics: dict[str, float] = {}
         curves: dict[str, list[float]] = {}
 
         # Stage 1: train on the initial pseudo-masks (or the truth, for the fully supervised reference).
-        key1 = {**base, "stage": "stage1", **self.stage1_params}
+        config1 = {**base, **self.stage1_params}
         if self.supervision == "ground_truth":  # the weak labels play no part: share it across columns
-            key1["data"] = {k: v for k, v in key1["data"].items() if k not in ("initial_mask", "mask")}
+            config1["data"] = {k: v for k, v in config1["data"].items() if k not in ("initial_mask", "mask")}
         targets = data.train_truth.astype(np.int8) if self.supervision == "ground_truth" else data.train_weak
         if self.supervision == "extreme_points":
             metrics.update(self._mask_quality("initial", data.train_weak))
-        net1, _, losses = self._train_stage(key1, targets, init=None, stage="stage1")
+        net1, _, losses = self._train_stage("stage1", config1, targets, init=None)
         curves["stage1/loss"] = losses
         metrics["stage1/test_dice"] = self._test_dice(net1)
         final = metrics["stage1/test_dice"]
 
         if self.stop_after in ("finetune", "retrain"):
-            key2 = {**key1, "stage": "finetune", **self.finetune_params}
-            net2, stats, losses = self._train_stage(key2, data.train_weak, init=net1, stage="finetune")
+            config2 = {"stage1": config1, **self.finetune_params}
+            net2, stats, losses = self._train_stage("finetune", config2, data.train_weak, init=net1)
             curves["finetune/loss"] = losses
             metrics["finetune/test_dice"] = final = self._test_dice(net2)
             if self.finetune_params["propagate"]:
@@ -172,8 +161,8 @@ class SimPLePipeline(Pipeline):
             metrics.update(self._mask_quality("retrain_mask", retrain_masks))
 
             if self.stop_after == "retrain":
-                key3 = {**key2, "stage": "retrain", **self.retrain_params}
-                net3, _, losses = self._train_stage(key3, retrain_masks, init=None, stage="retrain")
+                config3 = {"finetune": config2, **self.retrain_params}
+                net3, _, losses = self._train_stage("retrain", config3, retrain_masks, init=None)
                 curves["retrain/loss"] = losses
                 metrics["retrain/test_dice"] = final = self._test_dice(net3)
 
@@ -206,36 +195,44 @@ class SimPLePipeline(Pipeline):
         return SegUNet(in_channels=1, num_classes=2, **model)
 
     def _train_stage(
-        self, key: dict[str, Any], targets: np.ndarray, init: SegUNet | None, stage: str
+        self, stage: str, config: dict[str, Any], targets: np.ndarray, init: SegUNet | None
     ) -> tuple[SegUNet, dict[str, float], list[float]]:
-        """Train one stage (or load it from the cache); returns the network, propagation stats, losses."""
-        digest = cache_key(key)
-        path = self.cache_dir / f"{stage}_{digest}.pt"
-        net = copy.deepcopy(init) if init is not None else None
-        cached = load_torch(path, weights_only=False)
-        if cached is not None:
-            if net is None:
-                L.seed_everything(_stage_seed(key["seed"], stage), verbose=False)
-                net = self._new_net()
-            net.load_state_dict(cached["state_dict"])
-            return net, cached["stats"], cached["losses"]
-
-        L.seed_everything(_stage_seed(key["seed"], stage), workers=True, verbose=False)
-        if net is None:
-            net = self._new_net()
+        """Train one stage on `targets`, from a copy of `init` or a fresh network, as the run's stage `stage`
+        with `config` (reused when stored); returns the network, propagation stats and per-step losses."""
         cfg = self.context.cfg
-        optimizer = instantiate(cfg.optim.optimizer)
         loader = self.data.loader_for(targets)
-        max_epochs = int(cfg.trainer.max_epochs)
         overrides: dict[str, Any] = {}
         if stage == "finetune":
             iters = self.finetune_params["finetune_iters"]
             # Iterations as in the official script; the trainer's epoch (and batch) limits still apply.
             overrides = {
                 "max_steps": iters,
-                "max_epochs": min(max_epochs, epochs_for_steps(iters, len(loader))),
+                "max_epochs": min(int(cfg.trainer.max_epochs), epochs_for_steps(iters, len(loader))),
             }
-            module = SegmentationStage(
+
+        def make_module() -> SegmentationStage:
+            # Seeded before the network is built, so its weights and batches depend on (run seed, stage) only.
+            L.seed_everything(_stage_seed(cfg.seed, stage), workers=True, verbose=False)
+            net = copy.deepcopy(init) if init is not None else self._new_net()
+            return self._stage_module(stage, net)
+
+        if self.context.stages is None:
+            module = make_module()
+            self.context.make_trainer(**overrides).fit(module, train_dataloaders=loader)
+        else:
+            module = self.context.stages.fit(
+                stage, config, make_module, trainer_overrides=overrides, train_dataloaders=loader
+            )
+        stats = module.propagation_stats() if module.propagate else {}
+        return module.net.cpu(), stats, module.curves["train/loss"]
+
+    def _stage_module(self, stage: str, net: SegUNet) -> SegmentationStage:
+        """The LightningModule that trains `net` for `stage`: the official schedule and loss terms."""
+        cfg = self.context.cfg
+        optimizer = instantiate(cfg.optim.optimizer)
+        if stage == "finetune":
+            iters = self.finetune_params["finetune_iters"]
+            return SegmentationStage(
                 net,
                 optimizer,
                 lr=self.finetune_params["finetune_lr"],
@@ -248,31 +245,22 @@ class SimPLePipeline(Pipeline):
                 similarity_threshold=self.finetune_params["similarity_threshold"],
                 vote_fraction=self.finetune_params["vote_fraction"],
             )
-        else:
-            weight = (
-                self.stage1_params["contrastive_weight"]
-                if stage == "stage1"
-                else self.retrain_params["retrain_contrastive_weight"]
-            )
-            module = SegmentationStage(
-                net,
-                optimizer,
-                lr=float(cfg.optim.optimizer.lr),
-                decay_length=max_epochs,
-                decay_interval="epoch",
-                poly_power=self.stage1_params["poly_power"],
-                contrastive_weight=weight,
-                num_contrast=self.stage1_params["num_contrast"],
-                temperature=self.stage1_params["temperature"],
-            )
-        trainer = self.context.make_trainer(**overrides)
-        trainer.fit(module, train_dataloaders=loader)
-        net = module.net.cpu()
-        stats = module.propagation_stats() if module.propagate else {}
-        save_torch(
-            path, {"state_dict": net.state_dict(), "stats": stats, "losses": module.losses, "key": key}
+        weight = (
+            self.stage1_params["contrastive_weight"]
+            if stage == "stage1"
+            else self.retrain_params["retrain_contrastive_weight"]
         )
-        return net, stats, module.losses
+        return SegmentationStage(
+            net,
+            optimizer,
+            lr=float(cfg.optim.optimizer.lr),
+            decay_length=int(cfg.trainer.max_epochs),
+            decay_interval="epoch",
+            poly_power=self.stage1_params["poly_power"],
+            contrastive_weight=weight,
+            num_contrast=self.stage1_params["num_contrast"],
+            temperature=self.stage1_params["temperature"],
+        )
 
 
 def _stage_seed(seed: int, stage: str) -> int:

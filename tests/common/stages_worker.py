@@ -44,9 +44,10 @@ class Regression(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def regression_loader() -> torch.utils.data.DataLoader:
+def regression_loader(shuffle: bool = False) -> torch.utils.data.DataLoader:
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(dim=1)), batch_size=16)
+    data = torch.utils.data.TensorDataset(x, x.sum(dim=1))
+    return torch.utils.data.DataLoader(data, batch_size=16, shuffle=shuffle)
 
 
 def main(root: Path, log: Path) -> None:

@@ -8,19 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from common.errors import UserError
-from common.results.cache import (
-    atomic_write,
-    cache_dir,
-    cache_key,
-    load_torch,
-    read_json,
-    save_torch,
-    training_key,
-    write_json,
-)
+from common.results.cache import atomic_write, cache_key, load_torch, read_json, save_torch, write_json
 
 
 def test_cache_key_is_the_sha256_of_the_sorted_json_of_its_parts() -> None:
@@ -29,12 +18,6 @@ def test_cache_key_is_the_sha256_of_the_sorted_json_of_its_parts() -> None:
     assert cache_key(1, {"b": [3], "a": 2}, length=20) == expected[:20]
     assert cache_key(1, 2) != cache_key(2, 1)
     assert cache_key(Path("x")) == cache_key("x")  # other objects by str
-
-
-def test_cache_dir_follows_the_run_config(tmp_path: Path) -> None:
-    cfg = OmegaConf.create({"runtime": {"output_root": str(tmp_path)}})
-    assert cache_dir(cfg, "some_paper") == tmp_path / "cache" / "some_paper"
-    assert not (tmp_path / "cache").exists()
 
 
 def test_json_round_trip_and_unreadable_files_read_as_absent(tmp_path: Path) -> None:
@@ -71,46 +54,3 @@ def test_torch_round_trip_and_corrupt_file(tmp_path: Path) -> None:
     assert torch.equal(loaded["weight"], torch.arange(3.0)) and loaded["loss"] == 0.25
     path.write_bytes(b"not a torch file")
     assert load_torch(path) is None
-
-
-def test_cached_metrics_computes_once_and_restores_the_curves(tmp_path: Path) -> None:
-    from common.lit.pipeline import with_reported_value
-    from common.results.cache import cached_metrics
-
-    class Context:
-        curves: dict = {}
-
-    calls = []
-
-    def compute() -> dict:
-        calls.append(1)
-        context.curves = {"train/loss": [2.0, 1.0]}
-        return {"test/dcg@5": 0.5, "test/dcg@1": 0.25}
-
-    context = Context()
-    path = tmp_path / "run.json"
-    assert cached_metrics(path, context, compute) == {"test/dcg@5": 0.5, "test/dcg@1": 0.25}
-    context.curves = {}
-    again = cached_metrics(path, context, compute)
-    assert len(calls) == 1 and again["test/dcg@1"] == 0.25 and context.curves == {"train/loss": [2.0, 1.0]}
-    assert with_reported_value(again, "test/dcg@1")["value"] == 0.25
-    assert with_reported_value(again, None) == again
-    with pytest.raises(UserError, match="protocol.report='test/ndcg@5' is not a recorded metric"):
-        with_reported_value(again, "test/ndcg@5")
-
-
-def test_training_key_ignores_where_and_what_is_reported_but_not_what_is_trained() -> None:
-    base = {"method": {"name": "bpr", "lr": 0.01}, "seed": 0, "protocol": {"ks": [5], "report": "ndcg@5"}}
-    same_training = {
-        **base,
-        "protocol": {"ks": [5], "report": "f1@5"},  # another metric of the same training
-        "runtime": {"output_root": "/elsewhere"},
-        "cell": {"row": "BPR", "column": "NDCG@5"},
-        "table": "top_k",
-    }
-    key = training_key(OmegaConf.create(base), 1)
-    assert key == training_key(OmegaConf.create(same_training), 1)
-    expected = {"method": base["method"], "seed": 0, "protocol": {"ks": [5]}}
-    assert key == cache_key(1, expected, length=20)  # the keys the papers' caches were written under
-    assert key != training_key(OmegaConf.create({**base, "seed": 1}), 1)
-    assert key != training_key(OmegaConf.create(base), 2)  # a new version invalidates old entries

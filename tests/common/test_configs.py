@@ -79,6 +79,7 @@ PAPER_TABLES = [(p, t) for p, t, s in TABLES if s == "paper"]
 ONE_STEP_BATCH_SIZE = {"d_simplex": 8, "confident_learning": 8, "diffusion_cls": 8}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("paper", "table_id"), PAPER_TABLES)
 def test_paper_scale_one_training_step(paper: str, table_id: str, tmp_path: Path, first_in_session):
     """One real step (forward, backward, optimiser) per distinct method, model and data setup of the session:

@@ -103,6 +103,7 @@ def test_csv_logger_gets_every_epoch_metric_and_no_logger_costs_nothing(output_r
     assert record.complete and len(record.curves["val/acc"]) == len(val_acc)
 
 
+@pytest.mark.slow  # four Hydra processes
 def test_cli_errors_are_one_clear_message(output_root: Path):
     unknown_key = _cli("experiment=elr/table1", "data.no_such_key=1", f"runtime.output_root={output_root}")
     assert unknown_key.returncode != 0 and "no_such_key" in unknown_key.stderr
@@ -123,6 +124,7 @@ def test_cli_errors_are_one_clear_message(output_root: Path):
     assert not list(output_root.rglob("result.json"))
 
 
+@pytest.mark.slow  # a Hydra process that tries the hub
 def test_paper_scale_without_cached_dataset_says_what_to_do(output_root: Path, tmp_path: Path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = _cli(

@@ -118,8 +118,9 @@ def test_kill_during_the_second_stage_resumes_it_and_reuses_the_first(tmp_path: 
 
 
 def test_a_resumed_fit_equals_an_uninterrupted_one_curves_included(tmp_path: Path):
-    """`build_trainer` checkpoints every epoch with the module's curves: fitting 2 epochs, then resuming to
-    4 from last.ckpt, gives the weights and the whole curve of a 4-epoch fit."""
+    """`build_trainer` checkpoints every epoch with the module's curves and the random states: fitting 2
+    epochs, then resuming to 4 from last.ckpt in a fresh module, gives the weights and the whole curve of a
+    4-epoch fit, shuffled batches included."""
     from omegaconf import OmegaConf
 
     from common.experiment import build_trainer
@@ -133,16 +134,19 @@ def test_a_resumed_fit_equals_an_uninterrupted_one_curves_included(tmp_path: Pat
     )
     torch.manual_seed(0)
     whole = Regression("whole", tmp_path / "log", 0.0)
-    build_trainer(cfg, tmp_path, checkpoint_dirpath=tmp_path / "a").fit(whole, regression_loader())
+    build_trainer(cfg, tmp_path, checkpoint_dirpath=tmp_path / "a").fit(
+        whole, regression_loader(shuffle=True)
+    )
 
     torch.manual_seed(0)
     first = Regression("first", tmp_path / "log", 0.0)
     build_trainer(cfg, tmp_path, checkpoint_dirpath=tmp_path / "b", max_epochs=2).fit(
-        first, regression_loader()
+        first, regression_loader(shuffle=True)
     )
+    torch.manual_seed(123)  # as in a fresh process: the resumed fit must not depend on the state it starts in
     resumed = Regression("resumed", tmp_path / "log", 0.0)
     build_trainer(cfg, tmp_path, checkpoint_dirpath=tmp_path / "b").fit(
-        resumed, regression_loader(), ckpt_path=str(tmp_path / "b" / "last.ckpt")
+        resumed, regression_loader(shuffle=True), ckpt_path=str(tmp_path / "b" / "last.ckpt")
     )
     assert resumed.curves == whole.curves and len(whole.curves["train/loss"]) == 4
     assert torch.equal(resumed.layer.weight, whole.layer.weight)
@@ -177,3 +181,14 @@ def test_training_metrics_are_shared_by_cells_that_train_the_same_config(tmp_pat
     changed.seed = 2
     stages.training_metrics(changed, train)
     assert len(calls) == 2
+
+
+def test_with_reported_value_copies_the_cells_metric():
+    from common.errors import UserError
+    from common.lit.pipeline import with_reported_value
+
+    metrics = {"test/dcg@5": 0.5, "test/dcg@1": 0.25}
+    assert with_reported_value(metrics, "test/dcg@1") == {**metrics, "value": 0.25}
+    assert with_reported_value(metrics, None) == metrics
+    with pytest.raises(UserError, match="protocol.report='test/ndcg@5' is not a recorded metric"):
+        with_reported_value(metrics, "test/ndcg@5")

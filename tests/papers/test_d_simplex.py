@@ -1,16 +1,20 @@
 """d-Simplex / IAM-CL2R: simplex geometry, the HOC loss against hand-computed values and an independent loop
 implementation (values and gradients), AC / AM / 1:N search on hand-made matrices, the task split and
-replay batches, and a tiny run of the whole pipeline through the harness."""
+replay batches, a tiny run of the whole pipeline through the harness, and the pre-trained upstream models
+as stages (keyed by what decides them, shared by rows and columns, the same numbers as training directly)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
+from common.reproduce import run_overrides
+from common.results.paper_spec import load_paper
 from common.run import execute
 from papers.d_simplex import (
     CompatibleLearner,
@@ -23,7 +27,14 @@ from papers.d_simplex import (
     identification_accuracy,
     vertex_of_class,
 )
-from papers.d_simplex.pipeline import ReplayBatchSampler, class_incremental_tasks, first_per_class
+from papers.d_simplex.pipeline import (
+    UPSTREAM_STAGE,
+    IAMCL2RPipeline,
+    ReplayBatchSampler,
+    Scenario,
+    class_incremental_tasks,
+    first_per_class,
+)
 from tests.conftest import compose
 
 
@@ -227,3 +238,78 @@ def test_iamcl2r_run_completes(output_root: Path):
     gap = record.metrics["test/replacement_cross_minus_old_self"]
     assert gap == pytest.approx(100 * (matrix[2, 0] - matrix[0, 0]))
     assert len(record.curves["task/acc"]) == 5 and 0 <= record.metrics["test/acc"] <= 100
+    assert len(_stored_upstream_models(output_root)) == 3  # the models replacing at tasks 0, 2 and 4
+
+
+# ---- the upstream models as stages -------------------------------------------------------------------------
+def _cell_overrides(row: str, column: str, output_root: Path, **changes: object) -> list[str]:
+    """A tiny run of one cell of the iamcl2r table (1 epoch per task and per upstream model), with `changes`
+    to its config."""
+    spec = load_paper("d_simplex")
+    seed = int(changes.pop("seed", 0))
+    tiny = {"trainer.max_epochs": 1, "iamcl2r.upstream.epochs": 1, "runtime.progress": "false"}
+    tiny |= {"logger": "none", "runtime.output_root": output_root, **changes}
+    overrides = run_overrides(spec, spec.tables["iamcl2r"], row, column, seed, "mini")
+    return [*overrides, *(f"{key}={value}" for key, value in tiny.items())]
+
+
+def _stored_upstream_models(output_root: Path) -> dict[Path, int]:
+    """The stored upstream-model stages under `output_root`, with their modification times."""
+    results = (output_root / "stages" / "d_simplex" / UPSTREAM_STAGE).glob("*/result.pt")
+    return {path: path.stat().st_mtime_ns for path in results}
+
+
+def _upstream_config(overrides: list[str], index: int = 0) -> dict:
+    cfg = compose(overrides)
+    params = {key: value for key, value in cfg.method.items() if key != "name"}
+    return IAMCL2RPipeline(**params).upstream_stage_config(cfg, Scenario.from_cfg(cfg), index)
+
+
+def test_the_upstream_stage_is_keyed_by_what_decides_the_model(output_root: Path):
+    hoc = _cell_overrides("d-Simplex-HOC", "2 replacements", output_root)
+    model_0 = _upstream_config(hoc)
+    # Shared: both d-Simplex rows, both columns, the fine-tuning's epochs and optimiser, other models' shares.
+    for row, column, changes in [
+        ("d-Simplex", "no replacement", {}),
+        ("d-Simplex-HOC", "2 replacements", {"trainer.max_epochs": 3, "optim.optimizer.lr": 0.5}),
+        ("d-Simplex-HOC", "2 replacements", {"iamcl2r.upstream.fractions": "[0.1667,0.4,1.0]"}),
+    ]:
+        assert _upstream_config(_cell_overrides(row, column, output_root, **changes)) == model_0, changes
+    # Not shared: another model, classifier, seed, upstream training, share of the classes or data config.
+    assert _upstream_config(hoc, index=1) != model_0
+    for row, changes in [
+        ("ER", {}),
+        ("d-Simplex-HOC", {"seed": 1}),
+        ("d-Simplex-HOC", {"iamcl2r.upstream.epochs": 2}),
+        ("d-Simplex-HOC", {"iamcl2r.upstream.fractions": "[0.5,0.5,1.0]"}),
+        ("d-Simplex-HOC", {"data.batch_size": 16}),
+    ]:
+        changed = _cell_overrides(row, "2 replacements", output_root, **changes)
+        assert _upstream_config(changed) != model_0, (row, changes)
+
+
+def test_upstream_models_are_trained_once_and_give_the_numbers_of_a_direct_training(output_root: Path):
+    from common.experiment import build_datamodule, build_trainer
+    from common.lit import RunContext
+
+    execute(compose(_cell_overrides("d-Simplex-HOC", "no replacement", output_root)))
+    first = _stored_upstream_models(output_root)
+    assert len(first) == 1  # model 0 only: no replacement after task 0
+    cfg = compose(_cell_overrides("d-Simplex", "2 replacements", output_root))
+    record = execute(cfg)
+    stored = _stored_upstream_models(output_root)
+    # Model 0 is reused (neither retrained nor rewritten) by another row and column; models 1 and 2 are new.
+    assert len(stored) == 3 and first.items() <= stored.items()
+    # Called outside the runner (no `context.stages`), the pipeline trains every model itself: same numbers.
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    context = RunContext(
+        cfg=cfg,
+        datamodule=datamodule,
+        make_module=None,
+        make_trainer=lambda **kw: build_trainer(cfg, checkpoint=False, **kw),
+    )
+    params = {key: value for key, value in cfg.method.items() if key != "name"}
+    assert IAMCL2RPipeline(**params).run(context) == record.metrics
+    assert _stored_upstream_models(output_root) == stored

@@ -1,11 +1,11 @@
 """llp_bp: loopy BP against exact enumeration (a tree, a loopy graph, hand-computed cases), the Gibbs
 expansion against the direct energy, the kNN graph, the LLP losses (hand values, EasyLLP's unbiasedness), the
-bagged data, and runs through the harness (mini and paper shapes)."""
+bagged data, a run as a stage (computed once, reused, keyed by what decides it), and runs through the harness
+(mini and paper shapes)."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 
@@ -14,8 +14,12 @@ import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
+from common.experiment import build_datamodule
+from common.lit import RunContext
+from common.lit.stages import Stages
 from common.run import execute
 from papers.llp_bp import (
+    DLLPPipeline,
     LLPTabularDataModule,
     SimilarityGraph,
     bag_pairs,
@@ -205,18 +209,52 @@ def _mini(method: str, root: Path, bag_size: int = 8) -> list[str]:
     ]
 
 
-def test_llp_bp_run_and_the_cached_ablation_equal_a_fresh_ablation(tmp_path: Path):
+def _dllp_run(stages: Stages | None, root: Path, *overrides: str) -> tuple[dict[str, float], dict]:
+    cfg = compose([*_mini("llp_bp_dllp", root, bag_size=32), *overrides])
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+
+    def no_lightning(*args, **kwargs):
+        raise AssertionError("the LLP methods train without Lightning")
+
+    context = RunContext(cfg, datamodule, no_lightning, no_lightning, stages=stages)
+    return DLLPPipeline().run(context), context.curves
+
+
+def test_a_run_is_a_stage_computed_once_and_keyed_by_what_decides_it(tmp_path: Path):
+    stages = Stages(root=tmp_path / "stages", code_hash="test")
+    before = torch.get_rng_state()
+    first = _dllp_run(stages, tmp_path)
+    assert torch.equal(torch.get_rng_state(), before)  # seeded inside the stage, the caller's state untouched
+    assert stages.computed == ["llp_bp_dllp"] and len(first[1]["dllp/valid_auc"]) >= 1
+    # The pseudo-label table's run of the same method and setting is the stored stage, curves included.
+    assert _dllp_run(stages, tmp_path, "experiment=llp_bp/pseudo_labels") == first
+    assert stages.computed == ["llp_bp_dllp"]
+    # The seed, the data and the optimiser each decide the result: another value is another stage.
+    for override in ("seed=1", "data.bag_size=8", "optim.optimizer.lr=0.01"):
+        _dllp_run(stages, tmp_path, override)
+    assert stages.computed == ["llp_bp_dllp"] * 4
+    assert len(list((tmp_path / "stages" / "llp_bp_dllp").glob("*/result.pt"))) == 4
+    # Without stages (outside the runner) the run is computed directly, to the same values.
+    assert _dllp_run(None, tmp_path) == first
+
+
+def test_llp_bp_run_stores_its_first_round_as_the_ablation_and_it_equals_a_fresh_ablation(tmp_path: Path):
     full = execute(compose(_mini("llp_bp", tmp_path / "a")))
     assert full.complete, full.reason
     expected_keys = {"test/auc", "pseudo/auc", "round0/test/auc", "round1/pseudo/auc", "prior/auc"}
     assert expected_keys <= set(full.metrics)
-    cached = execute(compose(_mini("llp_bp_no_refine", tmp_path / "a")))
+    stored = tmp_path / "a" / "stages" / "llp_bp" / "llp_bp"
+    assert len(list(stored.glob("*/result.pt"))) == 2  # the two-round run and its first round
+    reused = execute(compose(_mini("llp_bp_no_refine", tmp_path / "a")))
+    assert len(list(stored.glob("*/result.pt"))) == 2  # the ablation read the first round, computed nothing
     fresh = execute(compose(_mini("llp_bp_no_refine", tmp_path / "b")))
-    assert cached.complete and fresh.complete
-    assert cached.metrics == fresh.metrics
+    assert reused.complete and fresh.complete
+    assert reused.metrics == fresh.metrics and reused.curves == fresh.curves
     assert fresh.metrics["test/auc"] == full.metrics["round0/test/auc"]
-    cache = list((tmp_path / "b" / "cache" / "llp_bp").glob("*.json"))
-    assert len(cache) == 1 and "metrics" in json.loads(cache[0].read_text())
+    (fresh_stage,) = (tmp_path / "b" / "stages" / "llp_bp" / "llp_bp").glob("*/result.pt")
+    assert fresh_stage.parent.name in {path.parent.name for path in stored.glob("*/result.pt")}  # same key
+    assert torch.load(fresh_stage, weights_only=True)["value"]["metrics"] == fresh.metrics
 
 
 @pytest.mark.parametrize("method", ["llp_bp_dllp", "llp_bp_easyllp", "llp_bp_bag_prior", "llp_bp_oracle"])

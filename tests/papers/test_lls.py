@@ -1,4 +1,5 @@
-"""DDFA (lls): the factorise / adjust steps against hand-computed cases, the data protocol, and smoke runs."""
+"""DDFA (lls): the factorise / adjust steps against hand-computed cases, the data protocol, a run as a stage
+(computed once, shared by the tables of one training, keyed by its config), and smoke runs."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.cluster import KMeans
 
 from common.experiment import build_datamodule
+from common.lit import RunContext
+from common.lit.stages import Stages
 from common.run import execute
-from papers.lls import ddfa, make_subcluster_mixture, official_samples_per_domain
+from papers.lls import KMeansPipeline, ddfa, make_subcluster_mixture, official_samples_per_domain
 from tests.conftest import compose
 
 TINY = [
@@ -126,8 +130,34 @@ def test_domains_follow_priors_and_share_them_across_splits():
     assert set(batch) == {"x", "y", "y_clean", "index"} and int(batch["y"].max()) < 10
 
 
+def _kmeans_run(stages: Stages | None, *overrides: str) -> dict[str, float]:
+    cfg = compose(["experiment=lls/shift", "method=lls_kmeans", *TINY, *overrides])
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("k-means builds no module and no trainer")
+
+    return KMeansPipeline().run(RunContext(cfg, datamodule, no_training, no_training, stages=stages))
+
+
+def test_a_run_is_a_stage_computed_once_and_keyed_by_what_it_trains(tmp_path: Path):
+    stages = Stages(root=tmp_path / "stages", code_hash="test")
+    first = _kmeans_run(stages)
+    assert stages.computed == ["training"]
+    # The p(y|d) table trains the same thing: its run is the stored stage, not a recomputation.
+    assert _kmeans_run(stages, "experiment=lls/shift_pyd") == first and stages.computed == ["training"]
+    # Another seed or another data setting is another stage.
+    _kmeans_run(stages, "seed=1")
+    _kmeans_run(stages, "data.alpha=3")
+    assert stages.computed == ["training"] * 3
+    assert len(list((tmp_path / "stages" / "training").glob("*/result.pt"))) == 3
+    # Without stages (outside the runner) the run is computed directly, to the same values.
+    assert _kmeans_run(None) == first
+
+
 @pytest.mark.parametrize("method", ["lls_ddfa", "lls_kmeans", "lls_naive"])
-def test_run_completes_and_is_cached_across_tables(method: str, output_root: Path):
+def test_run_completes_and_is_a_stage_shared_across_tables(method: str, output_root: Path):
     records = []
     for table in ("shift", "shift_pyd"):
         cfg = compose(
@@ -137,7 +167,11 @@ def test_run_completes_and_is_cached_across_tables(method: str, output_root: Pat
     first, second = records
     assert first.complete and second.complete, (first.reason, second.reason)
     assert 0 <= first.metrics["test/acc"] <= 100 and first.metrics["test/pyd_l1"] >= 0
-    assert first.metrics == second.metrics  # the p(y|d) table reads the accuracy table's cached run
+    # The p(y|d) table reads the accuracy table's stage: one stored training, the same metrics and curves.
+    assert first.metrics == second.metrics and first.curves == second.curves
+    stored = list((output_root / "stages" / "lls" / "training").glob("*/result.pt"))
+    assert len(stored) == 1
+    assert torch.load(stored[0], weights_only=True)["value"]["metrics"] == first.metrics
     if method == "lls_ddfa":
         assert len(first.curves["val/domain_loss"]) == 2
         assert first.metrics["disc/best_epoch"] in (0.0, 1.0)

@@ -1,6 +1,6 @@
 """NBPO: the surrogate loss reproduces the official hand-written gradients, BPR/BPO/NBPO losses match hand
 computations, the samplers never draw voted items, the ranking evaluation matches a hand count, and every
-method runs through the harness."""
+method runs through the harness, its training a stage shared by the columns of one training."""
 
 from __future__ import annotations
 
@@ -216,18 +216,59 @@ def test_loss_curve_is_the_mean_epoch_loss_of_each_evaluation_window():
     assert windows["train/loss"] == pytest.approx([(per_epoch[0] + per_epoch[1]) / 2, per_epoch[2]], rel=1e-6)
 
 
-@pytest.mark.parametrize("row", ["BPR", "WBPR (popularity sampler)", "BPO", "NBPO"])
-def test_rows_run_through_the_harness(row: str, output_root: Path):
+def _tiny_run_overrides(row: str, output_root: Path) -> list[str]:
     spec = load_paper("nbpo")
-    table = spec.tables["top_k"]
-    overrides = run_overrides(spec, table, row, "NDCG@5", 0, "mini")
+    overrides = run_overrides(spec, spec.tables["top_k"], row, "NDCG@5", 0, "mini")
     tiny = ["data.num_users=40", "data.num_items=30", "data.test_items_per_user=10", "data.batch_size=64",
             "trainer.max_epochs=3", "protocol.eval_every=1", "runtime.progress=false", "logger=none",
             f"runtime.output_root={output_root}"]  # fmt: skip
-    record = execute(compose([*overrides, *tiny]))
+    return [*overrides, *tiny]
+
+
+def _stored_trainings(output_root: Path) -> dict[Path, int]:
+    """The stored training stages of the nbpo runs under `output_root`, with their modification times."""
+    results = (output_root / "stages" / "nbpo" / "training").glob("*/result.pt")
+    return {path: path.stat().st_mtime_ns for path in results}
+
+
+@pytest.mark.parametrize("row", ["BPR", "WBPR (popularity sampler)", "BPO", "NBPO"])
+def test_rows_run_through_the_harness(row: str, output_root: Path):
+    overrides = _tiny_run_overrides(row, output_root)
+    record = execute(compose(overrides))
     assert record.complete, record.reason
     assert record.metrics["value"] == record.metrics["test/ndcg@5"]
     assert len(record.curves["test/ndcg@5"]) == 3
-    # another column of the same training reads the cache and reports another metric
-    again = execute(compose([*overrides, *tiny, "protocol.report=test/f1@20", "runtime.force=true"]))
+    stored = _stored_trainings(output_root)
+    assert len(stored) == 1
+    # another column of the same training reuses the stored training stage and reports another metric
+    again = execute(compose([*overrides, "protocol.report=test/f1@20", "runtime.force=true"]))
     assert again.metrics["value"] == record.metrics["test/f1@20"]
+    assert again.curves == record.curves
+    assert _stored_trainings(output_root) == stored  # neither retrained nor rewritten
+
+
+def test_the_training_stage_is_keyed_by_what_the_run_trains(output_root: Path):
+    overrides = _tiny_run_overrides("BPR", output_root)
+    first = execute(compose(overrides))
+    reseeded = execute(compose([*overrides, "seed=1"]))
+    longer = execute(compose([*overrides, "trainer.max_epochs=4"]))
+    assert len(_stored_trainings(output_root)) == 3
+    assert reseeded.metrics != first.metrics and len(longer.curves["test/ndcg@5"]) == 4
+
+
+def test_a_pipeline_without_stages_trains_directly(output_root: Path):
+    """Called outside the runner (no `context.stages`), a pipeline trains and fills the curves itself."""
+    from omegaconf import OmegaConf
+
+    from common.experiment import build_datamodule
+    from common.lit import RunContext
+    from common.registry import lookup
+
+    cfg = compose(_tiny_run_overrides("NBPO", output_root))
+    record = execute(cfg)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    context = RunContext(cfg=cfg, datamodule=datamodule, make_module=None, make_trainer=None)
+    params = {key: value for key, value in OmegaConf.to_container(cfg.method).items() if key != "name"}
+    metrics = lookup("method", cfg.method.name)(**params).run(context)
+    assert metrics == record.metrics and context.curves == record.curves

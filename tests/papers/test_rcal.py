@@ -165,21 +165,41 @@ def test_rcal_rows_run_through_the_harness(row: list[str], output_root: Path):
     assert 30 < metrics["noise/actual"] < 50  # 40% of the labels flipped (exact count over the kept images)
     for key in ("test/acc", "test/balanced_acc", "test/many_acc", "test/medium_acc", "test/group_acc"):
         assert 0 <= metrics[key] <= 100
-    assert list(
-        output_root.glob("cache/rcal/encoder_*.pt")
-    )  # the stage-1 encoder is shared through the cache
+    # The stage-1 encoder is a stage of the run: one stored encoder.
+    assert len(list(output_root.glob("stages/rcal/encoder/*/result.pt"))) == 1
 
 
-def test_encoder_cache_ignores_the_label_noise(output_root: Path):
+def test_encoder_is_trained_once_for_every_noise_rate(output_root: Path):
+    def run(*overrides: str):
+        overrides = ("method.calibration=none", *overrides, f"runtime.output_root={output_root}")
+        return execute(compose([*TINY, *overrides]))
+
+    first = run()
+    [stored] = output_root.glob("stages/rcal/encoder/*/result.pt")
+    written = stored.stat().st_mtime_ns
+    other = run("data.noise_rate=0.2")
+    assert other.complete, other.reason
+    # The second noise rate reuses the stored encoder: not retrained, same stage-1 loss.
+    assert list(output_root.glob("stages/rcal/encoder/*/result.pt")) == [stored]
+    assert stored.stat().st_mtime_ns == written
+    assert other.metrics["stage1/loss"] == first.metrics["stage1/loss"]
+    # Without the stage (method.cache=false) the encoder is trained in the run, to the same result.
+    assert run("method.cache=false").metrics == first.metrics
+    assert list(output_root.glob("stages/rcal/encoder/*/result.pt")) == [stored]
+
+
+def test_encoder_stage_config_ignores_the_label_noise_not_the_seed(output_root: Path):
     from common.experiment import build_datamodule
     from common.lit.pipeline import RunContext
     from papers.rcal import RCALPipeline
 
-    keys = []
-    for rate in ("0.2", "0.4"):
-        cfg = compose([*TINY, f"data.noise_rate={rate}", f"runtime.output_root={output_root}"])
+    configs = {}
+    for rate, seed in (("0.2", 0), ("0.4", 0), ("0.4", 1)):
+        overrides = [f"data.noise_rate={rate}", f"seed={seed}", f"runtime.output_root={output_root}"]
+        cfg = compose([*TINY, *overrides])
         datamodule = build_datamodule(cfg)
         datamodule.setup("fit")
         context = RunContext(cfg=cfg, datamodule=datamodule, make_module=None, make_trainer=None)
-        keys.append(RCALPipeline().encoder_cache_key(context))
-    assert keys[0] == keys[1]
+        configs[rate, seed] = RCALPipeline().encoder_stage_config(context)
+    assert configs["0.2", 0] == configs["0.4", 0] != configs["0.4", 1]
+    assert "noise_rate" not in configs["0.4", 0]["data"]

@@ -1,5 +1,6 @@
 """Rel-MF: the inverse-propensity pointwise loss (hand-computed values, unbiasedness, gradients), the
-batch sampler, and a tiny run of each method through the harness."""
+batch sampler, and a tiny run of each method through the harness, its training a stage shared by the cells of
+one training."""
 
 from __future__ import annotations
 
@@ -113,24 +114,72 @@ def test_relevance_log_loss():
     assert relevance_log_loss(scores, candidates, relevance) == pytest.approx(expected)
 
 
+def _tiny_run_overrides(table: str, row: str, output_root: Path) -> list[str]:
+    spec = load_paper("rel_mf")
+    overrides = run_overrides(spec, spec.tables[table], row, list(spec.tables[table].columns)[1], 0, "mini")
+    tiny = ["data.num_users=60", "data.num_items=30", "data.batch_size=64", "protocol.steps_per_epoch=3",
+            "trainer.max_epochs=2", "runtime.progress=false", "logger=none",
+            f"runtime.output_root={output_root}"]  # fmt: skip
+    return [*overrides, *tiny]
+
+
+def _stored_trainings(output_root: Path) -> dict[Path, int]:
+    """The stored training stages of the rel_mf runs under `output_root`, with their modification times."""
+    results = (output_root / "stages" / "rel_mf" / "training").glob("*/result.pt")
+    return {path: path.stat().st_mtime_ns for path in results}
+
+
 @pytest.mark.parametrize(
     ("table", "row"),
     [("semi_synthetic", "Oracle"), ("semi_synthetic", "Naive MF"), ("yahoo_r3_all", "WMF"),
      ("yahoo_r3_all", "CRMF (est. theta)")],
 )  # fmt: skip
 def test_rows_run_through_the_harness(table: str, row: str, output_root: Path):
-    spec = load_paper("rel_mf")
-    overrides = run_overrides(spec, spec.tables[table], row, list(spec.tables[table].columns)[1], 0, "mini")
-    tiny = ["data.num_users=60", "data.num_items=30", "data.batch_size=64", "protocol.steps_per_epoch=3",
-            "trainer.max_epochs=2", "runtime.progress=false", "logger=none",
-            f"runtime.output_root={output_root}"]  # fmt: skip
-    cfg = compose([*overrides, *tiny])
+    overrides = _tiny_run_overrides(table, row, output_root)
+    cfg = compose(overrides)
     record = execute(cfg)
     assert record.complete, record.reason
     assert record.metrics["train/steps"] == 6
     assert len(record.curves["test/dcg@5"]) == 2
     assert record.metrics["value"] == record.metrics[cfg.protocol.report]
-    # A second cell of the same training reads the cache and reports another metric.
-    again = execute(compose([*overrides, *tiny, "protocol.report=test/recall@3", "runtime.force=true"]))
+    stored = _stored_trainings(output_root)
+    assert len(stored) == 1
+    # A second cell of the same training reuses the stored training stage and reports another metric.
+    again = execute(compose([*overrides, "protocol.report=test/recall@3", "runtime.force=true"]))
     assert again.metrics["value"] == record.metrics["test/recall@3"]
-    assert again.metrics["test/dcg@5"] == record.metrics["test/dcg@5"]
+    assert again.metrics["test/dcg@5"] == record.metrics["test/dcg@5"] and again.curves == record.curves
+    assert _stored_trainings(output_root) == stored  # neither retrained nor rewritten
+
+
+def test_the_training_stage_is_keyed_by_what_the_run_trains(output_root: Path):
+    overrides = _tiny_run_overrides("semi_synthetic", "Naive MF", output_root)
+    first = execute(compose(overrides))
+    reseeded = execute(compose([*overrides, "seed=1"]))
+    longer = execute(compose([*overrides, "trainer.max_epochs=3"]))
+    assert len(_stored_trainings(output_root)) == 3
+    assert reseeded.metrics != first.metrics and longer.metrics["train/steps"] == 9
+
+
+def test_a_pipeline_without_stages_trains_directly(output_root: Path):
+    """Called outside the runner (no `context.stages`), a pipeline trains and fills the curves itself."""
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from common.experiment import build_datamodule, build_trainer
+    from common.lit import RunContext
+    from common.registry import lookup
+
+    cfg = compose(_tiny_run_overrides("semi_synthetic", "Rel-MF (true theta)", output_root))
+    record = execute(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as the runner does before the data
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    context = RunContext(
+        cfg=cfg,
+        datamodule=datamodule,
+        make_module=None,
+        make_trainer=lambda **kw: build_trainer(cfg, output_root / "direct", checkpoint=False, **kw),
+    )
+    params = {key: value for key, value in OmegaConf.to_container(cfg.method).items() if key != "name"}
+    metrics = lookup("method", cfg.method.name)(**params).run(context)
+    assert metrics == record.metrics and context.curves == record.curves

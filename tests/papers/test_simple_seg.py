@@ -7,11 +7,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from common.data.weak_labels import UNKNOWN
+from common.experiment import build_datamodule, build_trainer
+from common.lit.pipeline import RunContext
 from common.run import execute
 from papers.simple_seg import (
     SegUNet,
+    SimPLePipeline,
     dice_percent,
     extreme_points,
     initial_pseudo_mask,
@@ -20,6 +24,7 @@ from papers.simple_seg import (
     random_walker_probability,
     similarity_propagation,
 )
+from papers.simple_seg.pipeline import STAGES
 from papers.simple_seg.weak_labels import extreme_polygon_mask, geodesic_path
 from tests.conftest import compose
 
@@ -129,6 +134,12 @@ def test_unet_shapes_and_dice():
     assert abs(dice_percent(pred, truth).item() - 100 * 8 / 12) < 1e-4
 
 
+def _stored(output_root: Path, stage: str) -> dict[Path, int]:
+    """The stored results of stage `stage` and when each was written."""
+    results = output_root.glob(f"stages/simple_seg/{stage}/*/result.pt")
+    return {path: path.stat().st_mtime_ns for path in results}
+
+
 def test_pipeline_runs_every_stage(output_root: Path):
     overrides = [
         "experiment=simple_seg/stage_ablation",
@@ -144,9 +155,42 @@ def test_pipeline_runs_every_stage(output_root: Path):
     ]
     record = execute(compose(overrides))
     assert record.complete, record.reason
-    for key in ("stage1/test_dice", "finetune/test_dice", "retrain/test_dice", "train/initial_dice"):
+    for key in (
+        "stage1/test_dice",
+        "finetune/test_dice",
+        "retrain/test_dice",
+        "train/initial_dice",
+        "finetune/propagated_fraction",
+    ):
         assert 0.0 <= record.metrics[key] <= 100.0
     assert record.metrics["test/dice"] == record.metrics["retrain/test_dice"]
-    # The stage-1 row reuses the cached stage-1 weights: same score.
-    again = execute(compose([*overrides[:1], "method.stop_after=stage1", *overrides[2:], "seed=0"]))
+    assert {stage: len(_stored(output_root, stage)) for stage in STAGES} == dict.fromkeys(STAGES, 1)
+    stage1 = _stored(output_root, "stage1")
+
+    # The stage-1 row reuses the stored stage-1 network (not retrained): same score.
+    stage1_row = [*overrides[:1], "method.stop_after=stage1", *overrides[2:], "seed=0"]
+    again = execute(compose(stage1_row))
     assert again.metrics["test/dice"] == record.metrics["stage1/test_dice"]
+    assert _stored(output_root, "stage1") == stage1
+
+    # Without the run's stages the pipeline trains its stages itself, to the same network.
+    cfg = compose(stage1_row)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    context = RunContext(
+        cfg=cfg,
+        datamodule=datamodule,
+        make_module=None,
+        make_trainer=lambda **kw: build_trainer(cfg, checkpoint=False, **kw),
+    )
+    fresh = SimPLePipeline(**_method_params(cfg)).run(context)
+    assert fresh["test/dice"] == again.metrics["test/dice"]
+
+    # A stage-1 setting is part of its key: a new stage-1 network, the stored one kept.
+    execute(compose([*stage1_row, "method.contrastive_weight=0.0"]))
+    both = _stored(output_root, "stage1")
+    assert len(both) == 2 and stage1.items() <= both.items()
+
+
+def _method_params(cfg) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
