@@ -173,11 +173,22 @@ def _seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
+    import os
+
     from lightning.pytorch.utilities.seed import isolate_rng
 
-    with isolate_rng(include_cuda=True):
-        L.seed_everything(int(seed), verbose=False)
-        yield
+    # seed_everything also sets these; the run's own seeding (worker seeding included) must outlive the stage.
+    saved = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    try:
+        with isolate_rng(include_cuda=True):
+            L.seed_everything(int(seed), verbose=False)
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # Run-config keys that never change what a run trains: where it writes, which cell and table it fills, the

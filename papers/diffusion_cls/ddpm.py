@@ -33,7 +33,8 @@ class DDPMModule(L.LightningModule):
         self.unet, self.noise_scheduler = unet, scheduler
         self.sample_size, self.input_scale, self.input_shift = sample_size, input_scale, input_shift
         self.lr, self.weight_decay = lr, weight_decay
-        self.losses: list[float] = []
+        # The loss of every step; `curves` so that checkpoints and the stored stage keep it.
+        self.curves: dict[str, list[float]] = {"ddpm/loss": []}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0 = prepare_inputs(batch["x"], self.sample_size, self.input_scale, self.input_shift)
@@ -45,7 +46,7 @@ class DDPMModule(L.LightningModule):
         loss = F.mse_loss(prediction, noise)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"DDPM loss became {loss.item()} at step {self.global_step}")
-        self.losses.append(float(loss.detach()))
+        self.curves["ddpm/loss"].append(float(loss.detach()))
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

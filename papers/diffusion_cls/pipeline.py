@@ -1,30 +1,32 @@
 """Frozen diffusion features + a trained head (`method=diffusion_cls_probe`).
 
 One run: (1) the U-Net: the hub checkpoint (paper scale), a DDPM trained here on the unlabeled training
-images (mini scale; cached per seed), or the same architecture at random initialisation (baseline);
-(2) features of one block at one diffusion step t for the training and test splits (cached); (3) a head
+images (mini scale; a stage per seed), or the same architecture at random initialisation (baseline);
+(2) features of one block at one diffusion step t for the training and test splits (a stage); (3) a head
 trained on the training features and scored on the test split. With ``select`` set, (t, block) is chosen
 among a grid by the accuracy on a held-out part of the training split, then the head is refit on the whole
 training split: the "best (t, b)" of the paper without choosing it on the test set.
 
-Caches live under ``<runtime.output_root>/cache/diffusion_cls/`` and are keyed by everything that decides
-their content (model and data configs, seed, batch limits), so the cells of a table share one DDPM per
-seed and one feature extraction per (seed, t)."""
+Both are cached stages (`common.lit.stages`, under ``<runtime.output_root>/stages/diffusion_cls/``) keyed by
+everything that decides them (data, model and trainer configs, seed; for features also the U-Net's weights,
+t, block and pool size), so the cells and tables of a run share one DDPM per seed and one forward pass per
+(seed, t)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import OmegaConf
 
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, save_torch
 from papers.diffusion_cls.ddpm import DDPMModule
 from papers.diffusion_cls.heads import HEADS, Standardize, build_head, head_accuracy, train_head
 from papers.diffusion_cls.unet import build_scheduler, build_unet, noised_block_features, prepare_inputs
@@ -32,8 +34,7 @@ from papers.diffusion_cls.unet import build_scheduler, build_unet, noised_block_
 log = logging.getLogger("pnu.diffusion_cls")
 
 WEIGHTS = ("diffusion", "random_init")
-# Bump when extraction or DDPM training changes, so old cache files are not reused.
-_CACHE_VERSION = 1
+DDPM_STAGE, FEATURES_STAGE = "ddpm", "diffusion_features"
 
 
 @register_method("diffusion_cls_probe")
@@ -80,11 +81,13 @@ class DiffusionFeatureProbe(Pipeline):
             self._smoke_cap = {"epochs": min(int(self.head_training.get("epochs", cap)), cap)}
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         seed = int(cfg.seed)
-        cache = cache_dir(cfg, "diffusion_cls")
         device = _device(cfg)
-        unet, unet_key = self._unet(context, model_cfg, seed, cache, device)
+        run_config = _run_config(context, model_cfg, seed)
+        unet, weights = self._unet(context, model_cfg, run_config, seed, device)
         scheduler = build_scheduler(model_cfg)
-        extractor = _Extractor(context, model_cfg, unet, unet_key, scheduler, seed, cache, device)
+        # Features are decided by the run's config and where the U-Net's weights came from.
+        unet_config = {**run_config, "weights": weights}
+        extractor = _Extractor(context, model_cfg, unet, unet_config, scheduler, device)
         num_classes = int(context.datamodule.num_classes)
         metrics: dict[str, float] = {}
         if self.select is None:
@@ -107,7 +110,7 @@ class DiffusionFeatureProbe(Pipeline):
             far_head = self._fit(far_x, far_y, num_classes, seed, device)
             metrics["test/acc_at_largest_t"] = head_accuracy(far_head, far_test.to(device), far_test_y)
             metrics["test/acc_drop_at_largest_t"] = metrics["test/acc"] - metrics["test/acc_at_largest_t"]
-        context.extra["unet_weights"] = extractor.weights_description
+        context.extra["unet_weights"] = weights
         context.extra["timestep"], context.extra["block"] = int(timestep), str(block)
         return metrics
 
@@ -117,7 +120,7 @@ class DiffusionFeatureProbe(Pipeline):
     def _fit(
         self, x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int, device: torch.device
     ) -> Any:
-        # Seed the head's initialisation here: whether the U-Net came from a cache must not change it.
+        # Seed the head's initialisation here: whether the U-Net was trained or reused must not change it.
         torch.manual_seed(_derive_seed(seed, "head"))
         head = build_head(self.head, tuple(x.shape[1:]), num_classes, **self.head_params)
         model = torch.nn.Sequential(Standardize(x), head).to(device)
@@ -144,8 +147,15 @@ class DiffusionFeatureProbe(Pipeline):
 
     # ---- the U-Net --------------------------------------------------------------------------------------
     def _unet(
-        self, context: RunContext, model_cfg: dict[str, Any], seed: int, cache: Path, device: torch.device
+        self,
+        context: RunContext,
+        model_cfg: dict[str, Any],
+        run_config: dict[str, Any],
+        seed: int,
+        device: torch.device,
     ) -> tuple[torch.nn.Module, str]:
+        """The run's frozen U-Net, and where its weights come from: pretrained, trained (the DDPM stage) or
+        random."""
         source = getattr(context.datamodule, "source", None)
         pretrained = bool(model_cfg.get("pretrained")) and self.weights == "diffusion"
         if pretrained and source == "random":
@@ -155,82 +165,100 @@ class DiffusionFeatureProbe(Pipeline):
             pretrained = False
         train_steps = int((model_cfg.get("ddpm_training") or {}).get("steps", 0))
         trains = self.weights == "diffusion" and not model_cfg.get("pretrained") and train_steps > 0
-        key = cache_key(
-            _CACHE_VERSION, "unet", model_cfg, self.weights, pretrained, seed if not pretrained else None,
-            getattr(context.datamodule, "split_hash", None), _limit(context.cfg, "limit_train_batches"),
-        )  # fmt: skip
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_derive_seed(seed, "unet"))
             unet = build_unet(model_cfg, load_pretrained=pretrained)
         if trains:
-            path = cache / f"ddpm_{key}.pt"
-            if path.exists():
-                unet.load_state_dict(torch.load(path, map_location="cpu"))
-            else:
-                self._train_ddpm(context, unet, model_cfg, seed)
-                save_torch(path, unet.state_dict())
+            self._train_ddpm(context, unet, model_cfg, run_config, seed)
         unet.requires_grad_(False).eval().to(device)
-        return unet, f"{key}:{'pretrained' if pretrained else 'trained' if trains else 'random'}"
+        return unet, "pretrained" if pretrained else "trained" if trains else "random"
 
     @staticmethod
-    def _train_ddpm(context: RunContext, unet: torch.nn.Module, model_cfg: dict[str, Any], seed: int) -> None:
+    def _train_ddpm(
+        context: RunContext,
+        unet: torch.nn.Module,
+        model_cfg: dict[str, Any],
+        run_config: dict[str, Any],
+        seed: int,
+    ) -> None:
+        """Train `unet` as a DDPM on the unlabeled training split: the stage `ddpm` (one per `run_config`), or
+        a plain fit without stages."""
         settings = dict(model_cfg["ddpm_training"])
-        module = DDPMModule(
-            unet, build_scheduler(model_cfg), sample_size=int(model_cfg["unet"]["sample_size"]),
-            input_scale=float(model_cfg.get("input_scale", 1.0)),
-            input_shift=float(model_cfg.get("input_shift", 0.0)),
-            lr=float(settings.get("lr", 2e-3)), weight_decay=float(settings.get("weight_decay", 0.0)),
-        )  # fmt: skip
-        trainer = context.make_trainer(
-            max_steps=int(settings["steps"]), max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_derive_seed(seed, "ddpm"))
-            trainer.fit(module, train_dataloaders=context.datamodule.train_dataloader())
+
+        def make_module() -> DDPMModule:
+            return DDPMModule(
+                unet, build_scheduler(model_cfg), sample_size=int(model_cfg["unet"]["sample_size"]),
+                input_scale=float(model_cfg.get("input_scale", 1.0)),
+                input_shift=float(model_cfg.get("input_shift", 0.0)),
+                lr=float(settings.get("lr", 2e-3)), weight_decay=float(settings.get("weight_decay", 0.0)),
+            )  # fmt: skip
+
+        overrides = {"max_steps": int(settings["steps"]), "max_epochs": -1, "limit_val_batches": 0,
+                     "num_sanity_val_steps": 0}  # fmt: skip
+        loader = context.datamodule.train_dataloader()
+        ddpm_seed = _derive_seed(seed, "ddpm")
+        if context.stages is None:
+            module = make_module()
+            with isolate_rng(include_cuda=True):
+                L.seed_everything(ddpm_seed, verbose=False)
+                context.make_trainer(**overrides).fit(module, train_dataloaders=loader)
+        else:
+            module = context.stages.fit(
+                DDPM_STAGE, run_config, make_module, trainer_overrides=overrides, seed=ddpm_seed,
+                train_dataloaders=loader,
+            )  # fmt: skip
         unet.cpu()
-        if module.losses:
-            context.curves["ddpm/loss"] = module.losses[:: max(1, len(module.losses) // 200)]
+        losses = module.curves["ddpm/loss"]
+        if losses:
+            context.curves["ddpm/loss"] = losses[:: max(1, len(losses) // 200)]
 
 
 class _Extractor:
-    """Pooled block features of the run's U-Net for the training and test splits, cached on disk."""
+    """Pooled block features of the run's U-Net for the training and test splits: one stage
+    `diffusion_features` per (U-Net, t, block, pool size), or computed directly when the run has no stages."""
 
     def __init__(
         self,
         context: RunContext,
         model_cfg: dict[str, Any],
         unet: torch.nn.Module,
-        unet_key: str,
+        unet_config: dict[str, Any],
         scheduler: Any,
-        seed: int,
-        cache: Path,
         device: torch.device,
     ) -> None:
-        self.context, self.model_cfg, self.unet, self.unet_key = context, model_cfg, unet, unet_key
-        self.scheduler, self.seed, self.cache, self.device = scheduler, seed, cache, device
-        self.weights_description = unet_key.split(":")[-1]
-        self._memory: dict[str, tuple[torch.Tensor, ...]] = {}
+        self.context, self.model_cfg, self.unet, self.unet_config = context, model_cfg, unet, unet_config
+        self.scheduler, self.seed, self.device = scheduler, int(unet_config["seed"]), device
 
     def features(
         self, timestep: int, block: str, pool_size: int, also: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(train_x, train_y, test_x, test_y) for one block; a miss extracts every block of ``also`` too."""
-        path = self._path(timestep, block, pool_size)
-        if path.name in self._memory:
-            return self._memory[path.name]  # type: ignore[return-value]
-        if not path.exists():
-            self._extract(timestep, list(dict.fromkeys([block, *also])), pool_size)
-        stored = torch.load(path, map_location="cpu")
-        result = (stored["train_x"].float(), stored["train_y"], stored["test_x"].float(), stored["test_y"])
-        self._memory[path.name] = result
-        return result
+        """(train_x, train_y, test_x, test_y) for one block; a miss extracts every block of ``also`` in the
+        same forward passes and stores each of them as its own stage."""
+        # Without stages nothing would keep the other blocks, so only `block` is extracted.
+        blocks = list(dict.fromkeys([block, *also])) if self.context.stages is not None else [block]
+        extracted: dict[str, dict[str, torch.Tensor]] = {}
 
-    def _path(self, timestep: int, block: str, pool_size: int) -> Path:
-        key = cache_key(_CACHE_VERSION, "features", self.unet_key, timestep, block, pool_size, self.seed,
-                        _limit(self.context.cfg, "limit_val_batches"))  # fmt: skip
-        return self.cache / f"features_{key}.pt"
+        def extract() -> dict[str, torch.Tensor]:
+            extracted.update(self._extract(timestep, blocks, pool_size))
+            return extracted[block]
 
-    def _extract(self, timestep: int, blocks: list[str], pool_size: int) -> None:
+        stored = self._stage(timestep, block, pool_size, extract)
+        for other, tensors in extracted.items():
+            if other != block:
+                self._stage(timestep, other, pool_size, lambda tensors=tensors: tensors)
+        return stored["train_x"].float(), stored["train_y"], stored["test_x"].float(), stored["test_y"]
+
+    def _stage(
+        self, timestep: int, block: str, pool_size: int, compute: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        if self.context.stages is None:
+            return compute()
+        config = {**self.unet_config, "timestep": timestep, "block": block, "pool_size": pool_size}
+        return self.context.stages.compute(FEATURES_STAGE, config, compute)
+
+    def _extract(
+        self, timestep: int, blocks: list[str], pool_size: int
+    ) -> dict[str, dict[str, torch.Tensor]]:
         datamodule, cfg = self.context.datamodule, self.context.cfg
         splits: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}
         for split, dataset, train, limit_key in (
@@ -246,12 +274,28 @@ class _Extractor:
                 generator=generator, device=self.device,
             )  # fmt: skip
             splits[split] = (feats, torch.cat(labels))
-        for block in blocks:
-            stored = {
-                "train_x": splits["train"][0][block], "train_y": splits["train"][1],
-                "test_x": splits["test"][0][block], "test_y": splits["test"][1],
-            }  # fmt: skip
-            save_torch(self._path(timestep, block, pool_size), stored)
+        return {
+            block: {
+                "train_x": splits["train"][0][block],
+                "train_y": splits["train"][1],
+                "test_x": splits["test"][0][block],
+                "test_y": splits["test"][1],
+            }
+            for block in blocks
+        }
+
+
+def _run_config(context: RunContext, model_cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What decides a run's U-Net and its features besides (t, block, pool size): the data (split and
+    loaders), the model (with its DDPM schedule), the trainer (device, batch limits) and the seed."""
+    cfg = context.cfg
+    return {
+        "split_hash": getattr(context.datamodule, "split_hash", None),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "model": model_cfg,
+        "trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
+        "seed": seed,
+    }
 
 
 def _take(loader: Any, limit: int | float, labels: list[torch.Tensor], model_cfg: dict[str, Any]) -> Any:

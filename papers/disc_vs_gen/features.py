@@ -1,4 +1,5 @@
-"""Frozen features of a backbone for every training and test example, extracted once and cached.
+"""Frozen features of a backbone for every training and test example, extracted once (the stage
+`frozen_features`).
 
 As the official `main_extract_features.py` (ML-GSAI/Revisiting-Dis-vs-Gen-Classifiers @86a0bcc): no
 augmentation, images resized to the backbone's input size (224, bicubic), the backbone in eval mode, and its
@@ -7,11 +8,8 @@ global-average-pooled features for ResNets, the image embedding for CLIP towers)
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,12 +20,10 @@ from omegaconf import OmegaConf
 
 from common.backbones import build_backbone_for
 from common.lit.pipeline import RunContext
-from common.results.cache import atomic_write
 
 log = logging.getLogger("pnu.disc_vs_gen")
 
-# Bump when the extraction changes, so old cache files are not reused.
-_CACHE_VERSION = 1
+STAGE_NAME = "frozen_features"
 
 
 @dataclass
@@ -43,6 +39,16 @@ class FeatureSet:
     @property
     def num_features(self) -> int:
         return int(self.train_x.shape[1])
+
+    def to_stored(self) -> dict[str, Any]:
+        """As a stage value (tensors: it loads with `torch.load(weights_only=True)`)."""
+        arrays = {k: torch.from_numpy(getattr(self, k)) for k in ("train_x", "train_y", "test_x", "test_y")}
+        return {**arrays, "pretrained": self.pretrained}
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> FeatureSet:
+        arrays = (stored[k].numpy() for k in ("train_x", "train_y", "test_x", "test_y"))
+        return cls(*arrays, pretrained=bool(stored["pretrained"]))
 
 
 class FrozenFeatureExtractor(L.LightningModule):
@@ -69,22 +75,20 @@ def _limit(cfg: Any, key: str) -> int | float:
     return 1.0 if value is None else value
 
 
-def feature_cache_key(context: RunContext, input_size: int | None, precision: str) -> str:
-    """sha256 (16 hex) of what decides the features: data and model configs, input size, precision, and the
+def feature_stage_config(context: RunContext, input_size: int | None, precision: str) -> dict[str, Any]:
+    """What decides the features: the split, the data and model configs, input size, precision, and the
     batch limits (smoke tests extract a few batches)."""
     cfg = context.cfg
-    payload = {
-        "version": _CACHE_VERSION,
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.pop("seed", None)  # the seed changes label noise only, and there is none here
+    return {
         "split_hash": getattr(context.datamodule, "split_hash", None),
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "data": data,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "input_size": input_size,
         "precision": precision,
         "limits": [_limit(cfg, "limit_train_batches"), _limit(cfg, "limit_val_batches")],
     }
-    payload["data"].pop("seed", None)  # the seed changes label noise only, and there is none here
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _build_frozen_backbone(context: RunContext) -> tuple[torch.nn.Module, bool]:
@@ -100,18 +104,23 @@ def _build_frozen_backbone(context: RunContext) -> tuple[torch.nn.Module, bool]:
 
 
 def extract_features(
-    context: RunContext, *, input_size: int | None, precision: str = "32-true", cache_dir: Path | None
+    context: RunContext, *, input_size: int | None, precision: str = "32-true"
 ) -> FeatureSet:
-    """Features of the run's backbone on the run's data, from `cache_dir/features_<key>.npz` when present.
+    """Features of the run's backbone on the run's data: the stage `frozen_features` (one per
+    `feature_stage_config`), or extracted directly when the run has no stages.
 
     The training split is read with `trainer.limit_train_batches` batches and the test split with
     `trainer.limit_val_batches` (both default to all)."""
-    key = feature_cache_key(context, input_size, precision)
-    path = cache_dir / f"features_{key}.npz" if cache_dir is not None else None
-    if path is not None and path.exists():
-        with np.load(path) as stored:
-            return FeatureSet(*(stored[k] for k in ("train_x", "train_y", "test_x", "test_y")),
-                              pretrained=bool(stored["pretrained"]))  # fmt: skip
+    if context.stages is None:
+        return _extract(context, input_size, precision)
+    config = feature_stage_config(context, input_size, precision)
+    stored = context.stages.compute(
+        STAGE_NAME, config, lambda: _extract(context, input_size, precision).to_stored()
+    )
+    return FeatureSet.from_stored(stored)
+
+
+def _extract(context: RunContext, input_size: int | None, precision: str) -> FeatureSet:
     datamodule = context.datamodule
     backbone, pretrained = _build_frozen_backbone(context)
     module = FrozenFeatureExtractor(backbone, input_size)
@@ -129,16 +138,4 @@ def extract_features(
             torch.cat([o["x"] for o in outputs]).numpy(),
             torch.cat([o["y"] for o in outputs]).numpy().astype(np.int64),
         )
-    features = FeatureSet(*splits["train"], *splits["test"], pretrained=pretrained)
-    if path is not None:
-        _save_atomically(path, features)
-    return features
-
-
-def _save_atomically(path: Path, features: FeatureSet) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as stream:  # a file object: np.savez would append ".npz" to a bare name
-            np.savez(stream, train_x=features.train_x, train_y=features.train_y, test_x=features.test_x,
-                     test_y=features.test_y, pretrained=features.pretrained)  # fmt: skip
-
-    atomic_write(path, write)
+    return FeatureSet(*splits["train"], *splits["test"], pretrained=pretrained)

@@ -6,18 +6,19 @@ A run is not a Lightning fit but one of three protocols, chosen by the table's `
 - `scaling` (simulation): the learning curves of every n in `protocol.dims` and fits of the samples-to-
   asymptote m(n) against n (power-law exponent, slope per ln n, slope per feature), and the ratio of m at
   the last and the first n;
-- `linear_eval` (frozen features): the backbone's features are extracted once (cached), the classifier is fit
+- `linear_eval` (frozen features): the backbone's features are extracted once (a stage), the classifier is fit
   on `protocol.repeats` random training subsets of `samples_per_class * K` examples (null: all) and scored
   on the test split, as the official `main_train_offline.py` does (min-max scaling fit on the subset).
-Learning curves and full-data fits are cached under `<output_root>/cache/disc_vs_gen/`, so the NB and LR rows
-and the scaling table reuse them; cached and fresh results are identical (every draw is seeded).
+Learning curves, frozen features and full-data fits are cached stages (`common.lit.stages`, under
+`<output_root>/stages/disc_vs_gen/<stage>/<key>/`), so the rows and tables that need one compute it once;
+stored and fresh results are identical (every draw is seeded).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,8 @@ from threadpoolctl import threadpool_limits
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from common.results.cache import cache_dir, cache_key, read_json, write_json
 from papers.disc_vs_gen.classifiers import LOGISTIC_REGRESSION, NAIVE_BAYES, make_classifier
-from papers.disc_vs_gen.features import extract_features, feature_cache_key
+from papers.disc_vs_gen.features import extract_features, feature_stage_config
 from papers.disc_vs_gen.simulation import (
     GaussianSimulationDataModule,
     LearningCurve,
@@ -43,8 +43,7 @@ from papers.disc_vs_gen.simulation import (
 log = logging.getLogger("pnu.disc_vs_gen")
 
 PROTOCOLS = ("learning_curve", "scaling", "linear_eval")
-# Bump when a protocol's computation changes, so old cache files are not reused.
-_CACHE_VERSION = 1
+CURVE_STAGE, FULL_DATA_STAGE = "learning_curve", "full_data_error"
 
 
 class LinearClassifierPipeline(Pipeline):
@@ -65,15 +64,14 @@ class LinearClassifierPipeline(Pipeline):
         protocol = OmegaConf.select(context.cfg, "protocol", default=None)
         if protocol is None or protocol.get("kind") not in PROTOCOLS:
             raise UserError(f"{self.classifier} runs need protocol.kind in {PROTOCOLS} (set by the table)")
-        cache_root = cache_dir(context.cfg, "disc_vs_gen")
         # One BLAS thread at mini scale: L-BFGS on a loaded 2-core machine is ~10x slower with more.
         threads = context.cfg.runtime.get("num_threads")
         with threadpool_limits(limits=int(threads) if threads else None):
             if protocol.kind == "learning_curve":
-                return self._learning_curve(context, protocol, cache_root)
+                return self._learning_curve(context, protocol)
             if protocol.kind == "scaling":
-                return self._scaling(context, protocol, cache_root)
-            return self._linear_eval(context, protocol, cache_root)
+                return self._scaling(context, protocol)
+            return self._linear_eval(context, protocol)
 
     # ---- simulation ------------------------------------------------------------------------------------
     def _simulation_data(self, context: RunContext) -> GaussianSimulationDataModule:
@@ -82,8 +80,11 @@ class LinearClassifierPipeline(Pipeline):
         return context.datamodule
 
     def _curve(
-        self, datamodule: GaussianSimulationDataModule, protocol: DictConfig, seed: int, cache_root: Path
+        self, context: RunContext, datamodule: GaussianSimulationDataModule, protocol: DictConfig
     ) -> LearningCurve:
+        """The learning curve of the classifier on `datamodule`: the stage `learning_curve`, shared by the
+        simulation tables."""
+        seed = int(context.cfg.seed)
         settings = {
             "grid": str(protocol.grid),
             "grid_ratio": float(protocol.get("grid_ratio", 2**0.25)),
@@ -91,21 +92,21 @@ class LinearClassifierPipeline(Pipeline):
             "tolerance": float(protocol.tolerance),
             "max_samples_per_feature": float(protocol.max_samples_per_feature),
         }
-        key = cache_key(
-            _CACHE_VERSION, "curve", self.classifier, self.params, datamodule.params(), settings, seed
-        )
-        cached = read_json(cache_root / f"curve_{key}.json")
-        if cached is not None:
-            return LearningCurve(**cached)
-        curve = learning_curve(datamodule, self.make_estimator, seed=seed, **settings)
-        write_json(cache_root / f"curve_{key}.json", curve.to_dict())
-        return curve
+        config = {
+            "classifier": self.classifier,
+            "params": self.params,
+            "data": datamodule.params(),
+            "settings": settings,
+            "seed": seed,
+        }
 
-    def _learning_curve(
-        self, context: RunContext, protocol: DictConfig, cache_root: Path
-    ) -> dict[str, float]:
-        datamodule = self._simulation_data(context)
-        curve = self._curve(datamodule, protocol, int(context.cfg.seed), cache_root)
+        def compute() -> dict[str, Any]:
+            return learning_curve(datamodule, self.make_estimator, seed=seed, **settings).to_dict()
+
+        return LearningCurve(**_stage(context, CURVE_STAGE, config, compute))
+
+    def _learning_curve(self, context: RunContext, protocol: DictConfig) -> dict[str, float]:
+        curve = self._curve(context, self._simulation_data(context), protocol)
         context.curves = {
             "test/err": [100 * e for e in curve.errors],
             "train_size": list(map(float, curve.sizes)),
@@ -121,13 +122,13 @@ class LinearClassifierPipeline(Pipeline):
             "fit/not_converged_fraction": curve.not_converged / max(curve.fits, 1),
         }
 
-    def _scaling(self, context: RunContext, protocol: DictConfig, cache_root: Path) -> dict[str, float]:
+    def _scaling(self, context: RunContext, protocol: DictConfig) -> dict[str, float]:
         template = self._simulation_data(context)
         dims = [int(d) for d in protocol.dims]
         metrics: dict[str, float] = {}
         samples, reached = [], []
         for dim in dims:
-            curve = self._curve(template.with_num_features(dim), protocol, int(context.cfg.seed), cache_root)
+            curve = self._curve(context, template.with_num_features(dim), protocol)
             samples.append(curve.samples_to_asymptote)
             reached.append(curve.reached)
             metrics[f"samples_to_asymptote/n={dim}"] = float(curve.samples_to_asymptote)
@@ -139,13 +140,13 @@ class LinearClassifierPipeline(Pipeline):
         return metrics
 
     # ---- frozen features -------------------------------------------------------------------------------
-    def _linear_eval(self, context: RunContext, protocol: DictConfig, cache_root: Path) -> dict[str, float]:
+    def _linear_eval(self, context: RunContext, protocol: DictConfig) -> dict[str, float]:
         input_size = protocol.get("input_size")
         precision = str(protocol.get("feature_precision", "32-true"))
-        features = extract_features(context, input_size=input_size, precision=precision, cache_dir=cache_root)
+        features = extract_features(context, input_size=input_size, precision=precision)
         context.extra["pretrained_weights"] = features.pretrained
         minmax = bool(protocol.get("minmax", True))
-        full = self._full_data_error(context, features, minmax, input_size, precision, cache_root)
+        full = self._full_data_error(context, features, minmax, input_size, precision)
         per_class = protocol.get("samples_per_class")
         num_pool = len(features.train_y)
         size = (
@@ -188,17 +189,20 @@ class LinearClassifierPipeline(Pipeline):
         minmax: bool,
         input_size: int | None,
         precision: str,
-        cache_root: Path,
     ) -> float:
-        feature_key = feature_cache_key(context, input_size, precision)
-        key = cache_key(_CACHE_VERSION, "full", self.classifier, self.params, feature_key, minmax, 0)
-        path = cache_root / f"full_{key}.json"
-        cached = read_json(path)
-        if cached is not None:
-            return float(cached["error"])
-        error, _ = self._fit_score(features, np.arange(len(features.train_y)), minmax)
-        write_json(path, {"error": error})
-        return error
+        """Test error (%) of the classifier fit on the whole training split: the stage `full_data_error`,
+        shared by every cell of the frozen-features table."""
+        config = {
+            "classifier": self.classifier,
+            "params": self.params,
+            "minmax": minmax,
+            "features": feature_stage_config(context, input_size, precision),
+        }
+
+        def compute() -> float:
+            return self._fit_score(features, np.arange(len(features.train_y)), minmax)[0]
+
+        return float(_stage(context, FULL_DATA_STAGE, config, compute))
 
 
 @register_method("disc_vs_gen_nb")
@@ -213,6 +217,11 @@ class LogisticRegressionPipeline(LinearClassifierPipeline):
     """Discriminative: multinomial logistic regression (L-BFGS, `C`, `max_iter`)."""
 
     classifier = LOGISTIC_REGRESSION
+
+
+def _stage(context: RunContext, name: str, config: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """`compute()` as the run's stage `name`, or directly when the run has no stages."""
+    return compute() if context.stages is None else context.stages.compute(name, config, compute)
 
 
 def _subset_with_every_class(

@@ -137,7 +137,7 @@ class GaussianSimulationDataModule(SimulationDataModule):
         return (self.num_features,)
 
     def params(self) -> dict[str, Any]:
-        """What decides the data (for cache keys)."""
+        """What decides the data (part of the learning-curve stage config)."""
         return {
             "source": self.source,
             "num_features": self.num_features,

@@ -57,6 +57,13 @@ def test_seeded_stage_leaves_the_callers_random_state(tmp_path: Path):
     assert torch.equal(after_compute, after_reuse)
 
 
+def test_a_seeded_stage_leaves_the_runs_seed_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    Stages(root=tmp_path, code_hash="a").compute("noise", {}, lambda: torch.rand(1), seed=7)
+    assert os.environ["PL_GLOBAL_SEED"] == "3" and os.environ["PL_SEED_WORKERS"] == "1"
+
+
 def test_bad_stage_names_are_refused(tmp_path: Path):
     for name in ("", "a/b", ".hidden"):
         with pytest.raises(ValueError, match="plain folder name"):

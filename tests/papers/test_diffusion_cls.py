@@ -110,14 +110,33 @@ def test_train_head_separates_separable_features():
     assert head_accuracy(head, x, y) == 100.0
 
 
+def _stage_results(output_root: Path, name: str) -> dict[Path, int]:
+    """The stored results of stage `name` (one folder per key), with their modification times."""
+    results = (output_root / "stages" / "diffusion_cls" / name).glob("*/result.pt")
+    return {path: path.stat().st_mtime_ns for path in results}
+
+
 def test_runs_through_the_harness_with_ddpm_stage_and_selection(output_root: Path):
     common = ["scale=mini", "model.ddpm_training.steps=3", "method.head_training.epochs=2",
               "runtime.progress=false", "logger=none", f"runtime.output_root={output_root}"]  # fmt: skip
-    record = execute(compose(["experiment=diffusion_cls/t_block", "method.timestep=90", *common]))
+    t_block = ["experiment=diffusion_cls/t_block", "method.timestep=90", *common]
+    record = execute(compose(t_block))
     assert record.complete, record.reason
     assert 0 <= record.metrics["test/acc"] <= 100 and record.metrics["feature_dim"] == 32 * 4
     assert record.extra["unet_weights"] == "trained" and len(record.curves["ddpm/loss"]) == 3
-    assert len(list((output_root / "cache" / "diffusion_cls").glob("ddpm_*.pt"))) == 1
+    ddpm, features = _stage_results(output_root, "ddpm"), _stage_results(output_root, "diffusion_features")
+    assert len(ddpm) == 1
+    assert len(features) == 6  # one forward pass at t = 90 stores every block of method.cache_blocks
+    # Another block of the same row: the DDPM (with its loss curve) and the features are reused.
+    mid = execute(compose([*t_block, "method.block=mid_block", "cell.column=mid"]))
+    assert mid.complete, mid.reason
+    assert mid.curves["ddpm/loss"] == record.curves["ddpm/loss"]
+    assert _stage_results(output_root, "ddpm") == ddpm
+    assert _stage_results(output_root, "diffusion_features") == features
+    # Another seed is another DDPM.
+    other_seed = execute(compose([*t_block, "seed=1"]))
+    assert other_seed.complete, other_seed.reason
+    assert len(_stage_results(output_root, "ddpm")) == 2
     selected = execute(compose(["experiment=diffusion_cls/best_feature", "method.weights=random_init",
                                 "method.select.timesteps=[10,900]", "method.select.blocks=[mid_block]",
                                 *common]))  # fmt: skip
@@ -126,3 +145,6 @@ def test_runs_through_the_harness_with_ddpm_stage_and_selection(output_root: Pat
     drop = selected.metrics["test/acc"] - selected.metrics["test/acc_at_largest_t"]  # t = 900, same block
     assert selected.metrics["test/acc_drop_at_largest_t"] == drop
     assert selected.extra["unet_weights"] == "random"
+    # Random-init features are their own stages (t = 10 and 900 of one block); no DDPM is trained for them.
+    assert len(_stage_results(output_root, "diffusion_features")) == 6 + 6 + 2
+    assert len(_stage_results(output_root, "ddpm")) == 2

@@ -4,18 +4,22 @@ harness."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from omegaconf import OmegaConf
 from scipy.stats import norm
 from sklearn.naive_bayes import GaussianNB
 
+from common.experiment import build_datamodule, build_module, build_trainer
+from common.lit import RunContext
 from common.run import execute
 from papers.disc_vs_gen import (
     GaussianSimulationDataModule,
+    NaiveBayesPipeline,
     SharedVarianceGaussianNB,
     fit_scaling,
     learning_curve,
@@ -181,10 +185,21 @@ def test_learning_curve_stops_at_the_asymptote_and_pairs_training_sets():
 COMMON = ["logger=none", "runtime.progress=false"]
 
 
+def _stage_results(output_root: Path, name: str) -> dict[Path, float]:
+    """The stored results of stage `name` (one folder per key), with their modification times."""
+    results = (output_root / "stages" / "disc_vs_gen" / name).glob("*/result.pt")
+    return {path: path.stat().st_mtime_ns for path in results}
+
+
+def _stored(path: Path):
+    return torch.load(path, weights_only=True)["value"]
+
+
 def test_simulation_runs_share_learning_curves_with_the_scaling_table(output_root: Path):
     root = f"runtime.output_root={output_root}"
     dims = "protocol.dims=[6,10]"
-    base = ["method=disc_vs_gen_nb", "data.num_test=2000", "cell.row=NB", root, *COMMON]
+    data = ["data.num_test=2000", root, *COMMON]
+    base = ["method=disc_vs_gen_nb", "cell.row=NB", *data]
     experiment = "experiment=disc_vs_gen/simulation"
     records = [
         execute(compose([experiment, f"data.num_features={n}", f"cell.column='n={n}'", *base]))
@@ -194,19 +209,24 @@ def test_simulation_runs_share_learning_curves_with_the_scaling_table(output_roo
         assert record.complete, record.reason
         assert record.metrics["samples_to_asymptote"] == record.curves["train_size"][-1]
         assert record.metrics["test/err_2_per_class"] == record.curves["test/err"][0]
-    cached = sorted((output_root / "cache" / "disc_vs_gen").glob("curve_*.json"))
-    assert len(cached) == 2
+    curves = _stage_results(output_root, "learning_curve")
+    assert len(curves) == 2  # one stage per dimension
     scaling = execute(
         compose(["experiment=disc_vs_gen/simulation_scaling", dims, "cell.column='K=2'", *base])
     )
     assert scaling.complete, scaling.reason
-    assert len(sorted((output_root / "cache" / "disc_vs_gen").glob("curve_*.json"))) == 2  # reused
+    assert _stage_results(output_root, "learning_curve") == curves  # reused, not recomputed
     for n, record in zip((6, 10), records, strict=True):
         assert scaling.metrics[f"samples_to_asymptote/n={n}"] == record.metrics["samples_to_asymptote"]
     ratio = scaling.metrics["samples_to_asymptote/n=10"] / scaling.metrics["samples_to_asymptote/n=6"]
     assert scaling.metrics["scaling/ratio"] == pytest.approx(ratio)
-    stored = json.loads(cached[0].read_text())
+    stored = _stored(next(iter(curves)))
     assert set(stored) >= {"sizes", "errors", "bayes_error", "reached"}
+    # Another classifier is another curve.
+    lr_cell = ["method=disc_vs_gen_lr", "cell.row=LR", "data.num_features=6", "cell.column='n=6'"]
+    lr = execute(compose([experiment, *lr_cell, *data]))
+    assert lr.complete, lr.reason
+    assert len(_stage_results(output_root, "learning_curve")) == 3
 
 
 def test_frozen_features_run_on_digits(output_root: Path):
@@ -224,4 +244,33 @@ def test_frozen_features_run_on_digits(output_root: Path):
     assert full.complete, full.reason
     assert full.metrics["test/err"] == full.metrics["test/err_full"] == few.metrics["test/err_full"]
     assert full.metrics["test/err"] < 5  # LR on all digits pixels: ~2.8% error
-    assert len(list((output_root / "cache" / "disc_vs_gen").glob("features_*.npz"))) == 1
+    # One feature extraction and one full-data fit, shared by both cells.
+    [features] = _stage_results(output_root, "frozen_features")
+    [full_fit] = _stage_results(output_root, "full_data_error")
+    assert tuple(_stored(features)["train_x"].shape) == (1257, 64)
+    assert _stored(full_fit) == full.metrics["test/err_full"]
+    nb = execute(compose([*base, "method=disc_vs_gen_nb", "protocol.samples_per_class=null", "cell.row=NB",
+                          "cell.column=all"]))  # fmt: skip
+    assert nb.complete, nb.reason
+    assert len(_stage_results(output_root, "frozen_features")) == 1  # the features do not depend on it
+    assert len(_stage_results(output_root, "full_data_error")) == 2  # the full-data fit does
+
+
+def test_without_stages_the_frozen_features_protocol_computes_directly(output_root: Path):
+    cfg = compose(["experiment=disc_vs_gen/frozen_features", "protocol.repeats=2", "method=disc_vs_gen_nb",
+                   "protocol.samples_per_class=5", "cell.row=NB", "cell.column=5/class",
+                   f"runtime.output_root={output_root}", *COMMON])  # fmt: skip
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    context = RunContext(
+        cfg=cfg,
+        datamodule=datamodule,
+        make_module=lambda method=None: build_module(cfg, datamodule, method),
+        make_trainer=lambda **kw: build_trainer(cfg, output_root, checkpoint=False, **kw),
+    )
+    params = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k != "name"}
+    direct = NaiveBayesPipeline(**params).run(context)
+    assert not (output_root / "stages").exists()
+    staged = execute(cfg)
+    assert staged.complete, staged.reason
+    assert direct == staged.metrics
