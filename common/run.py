@@ -48,17 +48,32 @@ log = logging.getLogger("pnu.run")
 
 
 def _check_config(cfg: DictConfig) -> None:
-    for key, hint in (
-        ("paper", "choose an experiment: experiment=<paper>/<table> (see conf/experiment/)"),
-        ("table", "choose an experiment: experiment=<paper>/<table> (see conf/experiment/)"),
-        (
-            "data",
-            f"no {cfg.get('scale', {}).get('name', '?')}-scale setup for this experiment under "
-            "conf/table_scale/<paper>/<table>/<scale>.yaml",
-        ),
+    scale = OmegaConf.select(cfg, "scale.name", default="?")
+    if (
+        OmegaConf.select(cfg, "paper", default=None) is None
+        or OmegaConf.select(cfg, "table", default=None) is None
     ):
-        if OmegaConf.select(cfg, key, default=None) is None:
-            raise UserError(f"the run config has no `{key}`: {hint}")
+        choice = _experiment_choice()
+        if choice:
+            raise UserError(
+                f"experiment={choice} names no table: neither conf/papers/{choice}.yaml nor "
+                f"conf/papers/{choice}/{scale}.yaml exists (a paper's tables: conf/papers/<paper>/)"
+            )
+        raise UserError("the run config has no table: choose one, experiment=<paper>/<table> (conf/papers/)")
+    if OmegaConf.select(cfg, "data", default=None) is None:
+        raise UserError(
+            f"the run config has no `data`: no {scale}-scale setup for this table "
+            f"(conf/papers/{cfg.paper}/{cfg.table}/{scale}.yaml)"
+        )
+
+
+def _experiment_choice() -> str | None:
+    """The `experiment=` choice of a Hydra app run (None when composed outside one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("experiment")
 
 
 def _train(cfg: DictConfig, run_dir: Path, datamodule: Any) -> tuple[dict, dict, dict]:

@@ -1,4 +1,4 @@
-"""A paper's tables, reported numbers and claims, read from `conf/paper/<key>.yaml` and validated."""
+"""A paper's tables, reported numbers and claims, read from `conf/papers/<key>/paper.yaml` and validated."""
 
 from __future__ import annotations
 
@@ -137,12 +137,17 @@ class PaperSpec:
         return at_scale
 
 
+def paper_config_path(key: str, config_dir: Path = CONFIG_DIR) -> Path:
+    """`conf/papers/<key>/paper.yaml`: the paper's tables, reported numbers and claims."""
+    return config_dir / "papers" / key / "paper.yaml"
+
+
 def available_papers(config_dir: Path = CONFIG_DIR) -> list[str]:
-    return sorted(p.stem for p in (config_dir / "paper").glob("*.yaml"))
+    return sorted(p.parent.name for p in (config_dir / "papers").glob("*/paper.yaml"))
 
 
 def load_paper(key: str, config_dir: Path = CONFIG_DIR) -> PaperSpec:
-    path = config_dir / "paper" / f"{key}.yaml"
+    path = paper_config_path(key, config_dir)
     if not path.exists():
         raise UserError(
             f"unknown paper {key!r}; available: {', '.join(available_papers(config_dir)) or '(none)'}"
@@ -159,7 +164,9 @@ def _parse_paper(key: str, raw: dict[str, Any], where: str) -> PaperSpec:
     _only_keys(raw, {"key", "title", "arxiv", "venue", "code", "tables", "notes", "seeds"}, where)
     if raw.get("key", key) != key:
         raise ValueError(f"key {raw['key']!r} differs from the file name {key!r}")
-    tables = {tid: _parse_table(tid, spec, f"{where}: tables.{tid}") for tid, spec in raw["tables"].items()}
+    tables = {
+        tid: _parse_table(key, tid, spec, f"{where}: tables.{tid}") for tid, spec in raw["tables"].items()
+    }
     seeds = raw.get("seeds")
     if seeds is not None and not (
         (isinstance(seeds, int) and seeds > 0)
@@ -169,7 +176,7 @@ def _parse_paper(key: str, raw: dict[str, Any], where: str) -> PaperSpec:
     return PaperSpec(key, raw["title"], raw.get("arxiv"), raw.get("venue"), raw.get("code"), tables, seeds)
 
 
-def _parse_table(tid: str, raw: dict[str, Any], where: str) -> TableSpec:
+def _parse_table(key: str, tid: str, raw: dict[str, Any], where: str) -> TableSpec:
     allowed = {
         "title",
         "experiment",
@@ -215,7 +222,7 @@ def _parse_table(tid: str, raw: dict[str, Any], where: str) -> TableSpec:
     return TableSpec(
         id=tid,
         title=raw["title"],
-        experiment=raw["experiment"],
+        experiment=raw.get("experiment", f"{key}/{tid}"),
         metric=raw["metric"],
         metric_label=raw.get("metric_label", raw["metric"]),
         rows=rows,

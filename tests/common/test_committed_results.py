@@ -35,7 +35,7 @@ def test_committed_result_matches_current_config(manifest_path: Path):
     }
     committed = {(r["table"], r["row"], r["column"], r["seed"]): r for r in manifest["runs"]}
     assert set(committed) == expected, (
-        f"{manifest_path.parent} does not cover the tables of conf/paper/{paper.key}.yaml: "
+        f"{manifest_path.parent} does not cover the tables of conf/papers/{paper.key}/paper.yaml: "
         f"run `make reproduce PAPER={paper.key} SCALE={scale}` and commit the results"
     )
     errors, notes = manifest_problems(manifest, code_hashes(paper.key))

@@ -28,17 +28,28 @@ TABLES = [
 
 
 def test_every_paper_config_parses():
+    """Every table of every paper has its config folder: conf/papers/<paper>/<table>.yaml or a folder of
+    per-scale files, with a file for each scale it runs at."""
     assert available_papers(), "no paper configs found"
     for key in available_papers():
         spec = load_paper(key)
         for table in spec.tables.values():
-            assert (CONFIG_DIR / "experiment" / f"{table.experiment}.yaml").exists()
             for scale in table.scales:
-                assert (CONFIG_DIR / "table_scale" / table.experiment / f"{scale}.yaml").exists(), (
+                assert (CONFIG_DIR / "papers" / table.experiment / f"{scale}.yaml").exists(), (
                     key,
                     table.id,
                     scale,
                 )
+
+
+def test_every_config_file_sets_something():
+    """No yaml file under conf/ is empty or holds only a Hydra package header and comments."""
+    empty = []
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        if not lines:
+            empty.append(str(path.relative_to(CONFIG_DIR)))
+    assert not empty, f"config files that set nothing: {empty}"
 
 
 def _shape_key(cfg, datamodule) -> str:

@@ -278,12 +278,15 @@ def test_rate_section_is_validated():
         "columns": {"c1": {}, "c2": {}},
     }
     with pytest.raises(ValueError, match="every column"):
-        _parse_table("t", {**base, "rate": {"x": {"c1": 1}}}, "here")
+        _parse_table("toy", "t", {**base, "rate": {"x": {"c1": 1}}}, "here")
     with pytest.raises(ValueError, match="needs a `rate`"):
         _parse_table(
-            "t", {**base, "claims": [{"id": "s", "text": "t", "kind": "slope", "row": "A", "max": 0}]}, "h"
+            "toy",
+            "t",
+            {**base, "claims": [{"id": "s", "text": "t", "kind": "slope", "row": "A", "max": 0}]},
+            "h",
         )
-    table = _parse_table("t", {**base, "rate": {"x": {"c1": 1, "c2": 10}, "theory": -0.5}}, "here")
+    table = _parse_table("toy", "t", {**base, "rate": {"x": {"c1": 1, "c2": 10}, "theory": -0.5}}, "here")
     assert table.rate.theory == {"A": -0.5}
 
 
@@ -313,11 +316,11 @@ def test_table_digits_set_the_decimals_of_cells_and_claims():
     from common.results.paper_spec import _parse_table
 
     base = {"title": "t", "experiment": "e", "metric": "m", "rows": {"A": {}}, "columns": {"c": {}}}
-    assert _parse_table("t", base, "here").digits == 2
-    assert _parse_table("t", {**base, "digits": 4}, "here").digits == 4
+    assert _parse_table("toy", "t", base, "here").digits == 2
+    assert _parse_table("toy", "t", {**base, "digits": 4}, "here").digits == 4
     for bad in (-1, 9, 2.5, True):
         with pytest.raises(ValueError, match="digits"):
-            _parse_table("t", {**base, "digits": bad}, "here")
+            _parse_table("toy", "t", {**base, "digits": bad}, "here")
     small = {("A", "x"): [0.0012, 0.0014], ("B", "x"): [0.0010, 0.0010]}
     result = TableResult(_spec(digits=4), "mini", _records(small))
     assert "| **A** | 0.0013 ± 0.0001 / 91 ± 0.5 |" in to_markdown(result)

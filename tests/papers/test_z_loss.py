@@ -133,8 +133,8 @@ def test_shift_and_scale_invariance():
 
 
 def test_invariances_of_the_run_metrics_on_float32_logits():
-    """The former claims zloss_shift_invariant, zloss_scale_invariant and log_softmax_not_scale_invariant of
-    conf/paper/z_loss.yaml: properties of the losses' definitions, which no run can fail. Checked here on
+    """The former claims zloss_shift_invariant, zloss_scale_invariant and log_softmax_not_scale_invariant
+    of conf/papers/z_loss/paper.yaml: properties of the losses' definitions, which no run can fail. Checked on
     float32 logits of the mini vocabulary size with the table's Z-loss (a = 0.3, b = 10) and the runs'
     transformations (o + SHIFT, SCALE * o, SCALE * o + SHIFT)."""
     generator = torch.Generator().manual_seed(4)
