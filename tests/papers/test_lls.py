@@ -149,7 +149,7 @@ def test_a_run_is_a_stage_computed_once_and_keyed_by_what_it_trains(tmp_path: Pa
     assert _kmeans_run(stages, "experiment=lls/shift_pyd") == first and stages.computed == ["training"]
     # Another seed or another data setting is another stage.
     _kmeans_run(stages, "seed=1")
-    _kmeans_run(stages, "data.alpha=3")
+    _kmeans_run(stages, "data.alpha=0.3")
     assert stages.computed == ["training"] * 3
     assert len(list((tmp_path / "stages" / "training").glob("*/result.pt"))) == 3
     # Without stages (outside the runner) the run is computed directly, to the same values.
