@@ -22,6 +22,22 @@ def output_root(tmp_path: Path) -> Path:
     return root
 
 
+def context_without_stages(cfg, trainer_root: Path | None = None):
+    """The `RunContext` a pipeline gets when called outside the runner: the run's data set up, its trainer
+    factory, no module factory and no stages (so the pipeline computes every stage itself)."""
+    from common.experiment import build_datamodule, build_trainer
+    from common.lit import RunContext
+
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    return RunContext(
+        cfg=cfg,
+        datamodule=datamodule,
+        make_module=None,
+        make_trainer=lambda **kw: build_trainer(cfg, trainer_root, checkpoint=False, **kw),
+    )
+
+
 def compose(overrides: list[str]):
     """The run config for `overrides` (Hydra compose, as `python -m common.run` would see it)."""
     from common.config import compose_run_config

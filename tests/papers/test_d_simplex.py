@@ -35,7 +35,7 @@ from papers.d_simplex.pipeline import (
     class_incremental_tasks,
     first_per_class,
 )
-from tests.conftest import compose
+from tests.conftest import compose, context_without_stages
 
 
 # ---- d-Simplex ------------------------------------------------------------------------------------------
@@ -289,8 +289,6 @@ def test_the_upstream_stage_is_keyed_by_what_decides_the_model(output_root: Path
 
 
 def test_upstream_models_are_trained_once_and_give_the_numbers_of_a_direct_training(output_root: Path):
-    from common.experiment import build_datamodule, build_trainer
-    from common.lit import RunContext
 
     execute(compose(_cell_overrides("d-Simplex-HOC", "no replacement", output_root)))
     first = _stored_upstream_models(output_root)
@@ -302,14 +300,7 @@ def test_upstream_models_are_trained_once_and_give_the_numbers_of_a_direct_train
     assert len(stored) == 3 and first.items() <= stored.items()
     # Called outside the runner (no `context.stages`), the pipeline trains every model itself: same numbers.
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
-    datamodule.setup("fit")
-    context = RunContext(
-        cfg=cfg,
-        datamodule=datamodule,
-        make_module=None,
-        make_trainer=lambda **kw: build_trainer(cfg, checkpoint=False, **kw),
-    )
+    context = context_without_stages(cfg)
     params = {key: value for key, value in cfg.method.items() if key != "name"}
     assert IAMCL2RPipeline(**params).run(context) == record.metrics
     assert _stored_upstream_models(output_root) == stored

@@ -14,7 +14,7 @@ from common.reproduce import run_overrides
 from common.results.paper_spec import load_paper
 from common.run import execute
 from papers.rel_mf import PairBatchSampler, RelMF, rel_mf_loss, relevance_log_loss
-from tests.conftest import compose
+from tests.conftest import compose, context_without_stages
 
 
 def test_squared_loss_matches_hand_computation():
@@ -165,21 +165,12 @@ def test_a_pipeline_without_stages_trains_directly(output_root: Path):
     import lightning as L
     from omegaconf import OmegaConf
 
-    from common.experiment import build_datamodule, build_trainer
-    from common.lit import RunContext
     from common.registry import lookup
 
     cfg = compose(_tiny_run_overrides("semi_synthetic", "Rel-MF (true theta)", output_root))
     record = execute(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as the runner does before the data
-    datamodule = build_datamodule(cfg)
-    datamodule.setup("fit")
-    context = RunContext(
-        cfg=cfg,
-        datamodule=datamodule,
-        make_module=None,
-        make_trainer=lambda **kw: build_trainer(cfg, output_root / "direct", checkpoint=False, **kw),
-    )
+    context = context_without_stages(cfg, output_root / "direct")
     params = {key: value for key, value in OmegaConf.to_container(cfg.method).items() if key != "name"}
     metrics = lookup("method", cfg.method.name)(**params).run(context)
     assert metrics == record.metrics and context.curves == record.curves

@@ -10,8 +10,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from common.data.weak_labels import UNKNOWN
-from common.experiment import build_datamodule, build_trainer
-from common.lit.pipeline import RunContext
 from common.run import execute
 from papers.simple_seg import (
     SegUNet,
@@ -26,7 +24,7 @@ from papers.simple_seg import (
 )
 from papers.simple_seg.pipeline import STAGES
 from papers.simple_seg.weak_labels import extreme_polygon_mask, geodesic_path
-from tests.conftest import compose
+from tests.conftest import compose, context_without_stages
 
 
 def _official_contrastive(pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -175,14 +173,7 @@ def test_pipeline_runs_every_stage(output_root: Path):
 
     # Without the run's stages the pipeline trains its stages itself, to the same network.
     cfg = compose(stage1_row)
-    datamodule = build_datamodule(cfg)
-    datamodule.setup("fit")
-    context = RunContext(
-        cfg=cfg,
-        datamodule=datamodule,
-        make_module=None,
-        make_trainer=lambda **kw: build_trainer(cfg, checkpoint=False, **kw),
-    )
+    context = context_without_stages(cfg)
     fresh = SimPLePipeline(**_method_params(cfg)).run(context)
     assert fresh["test/dice"] == again.metrics["test/dice"]
 
