@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.backbones import build_backbone_for
 from common.errors import UserError
+from common.lit.random_state import get_random_state, set_random_state
 from common.registry import lookup
 
 
@@ -161,33 +162,15 @@ class ResumableState(L.Callback):
     NumPy and Python random states (the next epoch's shuffling draws from torch's global generator)."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        import random
-
-        import numpy as np
-        import torch
-
         if isinstance(getattr(pl_module, "curves", None), dict):
             checkpoint["pnu_curves"] = {k: list(v) for k, v in pl_module.curves.items()}
-        name, keys, position, has_gauss, cached_gauss = np.random.get_state()
-        checkpoint["pnu_rng"] = {  # plain types and tensors: checkpoints load with weights_only=True
-            "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss],
-            "python": random.getstate(),
-        }
+        checkpoint["pnu_rng"] = get_random_state()
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        import random
-
-        import numpy as np
-        import torch
-
         if "pnu_curves" in checkpoint and isinstance(getattr(pl_module, "curves", None), dict):
             pl_module.curves = {k: list(v) for k, v in checkpoint["pnu_curves"].items()}
         if "pnu_rng" in checkpoint:
-            torch.set_rng_state(checkpoint["pnu_rng"]["torch"])
-            name, keys, position, has_gauss, cached_gauss = checkpoint["pnu_rng"]["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
-            random.setstate(checkpoint["pnu_rng"]["python"])
+            set_random_state(checkpoint["pnu_rng"])
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:

@@ -27,6 +27,7 @@ from typing import Any
 import lightning as L
 from filelock import FileLock
 
+from common.lit.random_state import get_random_state, random_state_digest, set_random_state
 from common.results.cache import cache_key, load_torch, save_torch
 
 log = logging.getLogger("pnu.stages")
@@ -83,8 +84,9 @@ class Stages:
         data set), or its stored value when a run has computed it before. The value must load with
         ``torch.load(weights_only=True)``: tensors (convert arrays), dicts, lists, numbers, strings.
 
-        With `seed`, `compute` runs seeded and leaves the caller's random state as it was, so what follows
-        does not depend on whether the stage was computed or reused."""
+        With `seed`, `compute` runs seeded and leaves the caller's random state as it was. Without, it draws
+        from the run's random state, and a reuse restores the state the computation left; either way what
+        follows does not depend on whether the stage was computed or reused."""
         stage = self.locate(name, config)
         value = _load(stage.result)
         if value is None:
@@ -92,13 +94,15 @@ class Stages:
                 value = _load(stage.result)  # another task may have finished it while this one waited
                 if value is None:
                     log.info("stage %s: computing into %s", name, stage.path)
+                    before = random_state_digest()
                     with _seeded(seed):
                         result = compute()
-                    save_torch(stage.result, {"value": result})
+                    save_torch(stage.result, {"value": result, **_random_walk(seed, before)})
                     self.computed.append(name)
                     return result
         log.info("stage %s: reusing %s", name, stage.path)
         self.reused.append(name)
+        _continue_from(value, seed)
         return value["value"]
 
     def fit(
@@ -122,12 +126,12 @@ class Stages:
             raise RuntimeError("Stages.fit needs make_trainer (the run's Trainer factory)")
         stage = self.locate(name, config)
         module = make_module()
-        if self._restore(module, stage):
+        if self._restore(module, stage, seed):
             log.info("stage %s: reusing %s", name, stage.path)
             self.reused.append(name)
             return module
         with stage.lock:
-            if self._restore(module, stage):
+            if self._restore(module, stage, seed):
                 self.reused.append(name)
                 return module
             last = stage.checkpoints / "last.ckpt"
@@ -136,11 +140,16 @@ class Stages:
             trainer = self.make_trainer(
                 **dict(trainer_overrides or {}), checkpoint_dirpath=stage.checkpoints, loggers=self.loggers
             )
+            before = random_state_digest()
             with _seeded(seed):
                 trainer.fit(module, ckpt_path=str(resume) if resume else None, **fit_kwargs)
             save_torch(
                 stage.result,
-                {"state_dict": module.state_dict(), "curves": dict(getattr(module, "curves", {}) or {})},
+                {
+                    "state_dict": module.state_dict(),
+                    "curves": dict(getattr(module, "curves", {}) or {}),
+                    **_random_walk(seed, before),
+                },
             )
             shutil.rmtree(stage.checkpoints, ignore_errors=True)
             self.computed.append(name)
@@ -158,14 +167,32 @@ class Stages:
         return stored["metrics"], stored["curves"]
 
     @staticmethod
-    def _restore(module: L.LightningModule, stage: StageDir) -> bool:
+    def _restore(module: L.LightningModule, stage: StageDir, seed: int | None) -> bool:
         stored = _load(stage.result)
         if stored is None or "state_dict" not in stored:
             return False
         module.load_state_dict(stored["state_dict"])
         if hasattr(module, "curves"):
             module.curves = stored["curves"]
+        _continue_from(stored, seed)
         return True
+
+
+def _random_walk(seed: int | None, before: str) -> dict:
+    """An unseeded stage draws from the run's random state: store the state it started from (a digest) and
+    the state it left."""
+    if seed is not None:
+        return {}
+    return {"random_state_before": before, "random_state_after": get_random_state()}
+
+
+def _continue_from(stored: dict, seed: int | None) -> None:
+    """A reused unseeded stage that starts from the state its computation started from leaves the state its
+    computation left, so the rest of the run draws the same numbers whether the stage was computed or reused
+    (a requeued run, a rerun). Reused from another starting state (a stage shared by runs of other seeds),
+    the random state is left alone."""
+    if seed is None and stored.get("random_state_before") == random_state_digest():
+        set_random_state(stored["random_state_after"])
 
 
 @contextmanager

@@ -4,6 +4,7 @@ tasks, and a killed gradient stage resumes from its last epoch while finished st
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +58,35 @@ def test_seeded_stage_leaves_the_callers_random_state(tmp_path: Path):
     torch.manual_seed(7)
     assert torch.equal(drawn, torch.rand(2)) and torch.equal(reused, drawn)
     assert torch.equal(after_compute, after_reuse)
+
+
+def _draws() -> tuple:
+    return torch.rand(2), np.random.rand(2), random.random()
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_an_unseeded_stage_reused_leaves_the_random_state_its_computation_left(tmp_path: Path):
+    stages = Stages(root=tmp_path, code_hash="a")
+    L.seed_everything(0, verbose=False)
+    drawn = stages.compute("noise", {"seed": 0}, _draws)
+    after_compute = _draws()
+    L.seed_everything(0, verbose=False)  # a rerun of the same run: the stage is read, not drawn again
+    reused = stages.compute("noise", {"seed": 0}, _draws)
+    assert _same(reused, drawn) and _same(_draws(), after_compute)
+
+
+def test_an_unseeded_stage_reused_from_another_starting_state_leaves_the_state_alone(tmp_path: Path):
+    stages = Stages(root=tmp_path, code_hash="a")
+    L.seed_everything(0, verbose=False)
+    stages.compute("table", {}, lambda: 1)  # draws nothing, shared by runs of every seed
+    L.seed_everything(1, verbose=False)
+    expected = _draws()
+    L.seed_everything(1, verbose=False)
+    stages.compute("table", {}, lambda: 1)
+    assert _same(_draws(), expected)
 
 
 def test_a_seeded_stage_leaves_the_runs_seed_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
