@@ -5,11 +5,14 @@ One run = one pruning rule on one noisy training set. Steps:
    (`common.lit.cross_val`, a cached stage, so the five rules on the same data share one set of K fits);
 2. flag label issues with the rule (`filter_by`) and score the flags against the truly flipped labels;
 3. retrain a fresh model on the kept examples with cross entropy weighted per class by
-   1 / p(s=k | y*=k) from the estimated noise matrix, and report its clean test accuracy.
+   1 / p(s=k | y*=k) from the estimated noise matrix, and report its clean test accuracy. The retrain is
+   the stage `retrain` (`common.lit.stages`): a Lightning fit checkpointed every epoch, so a killed or
+   requeued run resumes it from its last finished epoch, and a rerun reuses it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from common.lit import ClassificationModule, Pipeline, RunContext
 from common.lit.cross_val import cross_val_predict_proba
@@ -35,6 +39,9 @@ log = logging.getLogger("pnu.confident_learning")
 #: `filter_by` value that skips cross-validation and pruning: plain training on every noisy label.
 NO_FILTER = "none"
 RETRAIN_METHOD = "cl_class_weighted_ce"
+RETRAIN_STAGE = "retrain"
+# Config groups that decide what the retrained model learns (with the kept examples and class weights).
+_TRAINING_KEYS = ("data", "model", "optim", "trainer")
 
 
 @register_method(RETRAIN_METHOD)
@@ -123,18 +130,42 @@ class ConfidentLearningPipeline(Pipeline):
         return metrics
 
     def _retrain(self, context: RunContext, kept: np.ndarray, weights: np.ndarray | None) -> dict[str, float]:
-        """Fit a fresh model on the kept examples; its per-epoch curves become the run's curves."""
+        """Fit a fresh model on the kept examples; its per-epoch curves become the run's curves. With the
+        run's stages it is the stage `retrain` (`retrain_stage_config`), otherwise a plain fit."""
         datamodule = context.datamodule
         spec = {"name": RETRAIN_METHOD, "class_weights": None if weights is None else weights.tolist()}
-        module = context.make_module(spec)
-        trainer = context.make_trainer()
-        trainer.fit(
-            module,
-            train_dataloaders=datamodule.loader(datamodule.train_dataset(kept), shuffle=True),
-            val_dataloaders=datamodule.val_dataloader(),
-        )
+        loaders = {
+            "train_dataloaders": datamodule.loader(datamodule.train_dataset(kept), shuffle=True),
+            "val_dataloaders": datamodule.val_dataloader(),
+        }
+        # Unseeded: the fresh model's initial weights draw from the run's random state, as they always did
+        # (a stage seed would change every result).
+        if context.stages is None:
+            module = context.make_module(spec)
+            context.make_trainer().fit(module, **loaders)
+        else:
+            config = retrain_stage_config(context, spec, kept)
+            module = context.stages.fit(RETRAIN_STAGE, config, lambda: context.make_module(spec), **loaders)
         context.curves = module.curves
         final = module.final_metrics()
         if not final:
             raise RuntimeError("the retrain ran no validation epoch (is trainer.limit_val_batches 0?)")
         return final
+
+
+def retrain_stage_config(context: RunContext, spec: dict[str, Any], kept: np.ndarray) -> dict[str, Any]:
+    """What decides the retrained model: the split, the data/model/optim/trainer configs, the retrain's
+    module (class weights included), the kept examples and the run's seed (the retrain is unseeded: its
+    initial weights draw from the run's random state, which the seed and the configs decide)."""
+    configs = {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key in _TRAINING_KEYS
+        if (value := OmegaConf.select(context.cfg, key, default=None)) is not None
+    }
+    return {
+        "split_hash": context.datamodule.split_hash,
+        "configs": configs,
+        "module": spec,
+        "kept": hashlib.sha256(np.ascontiguousarray(kept, dtype=np.int64).tobytes()).hexdigest(),
+        "seed": int(context.cfg.seed),
+    }

@@ -1,5 +1,5 @@
-"""Confident learning through the harness: a tiny run's record, the shared cross-validation cache, the
-class weights of the retrain."""
+"""Confident learning through the harness: a tiny run's record, its two stages (the shared cross-validation
+and the retrain, reused by a rerun), the class weights of the retrain."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from papers.confident_learning import (
     find_label_issues,
     label_issue_metrics,
 )
+from papers.confident_learning.pipeline import RETRAIN_STAGE
 from tests.conftest import compose
 
 TINY = [
@@ -93,13 +94,26 @@ def test_pipeline_writes_a_complete_record_and_caches_the_cross_validation(
     assert again.metrics["detect/num_flagged"] != record.metrics["detect/num_flagged"]
 
 
-def test_retrain_does_not_depend_on_whether_the_cache_was_warm(output_root: Path, tmp_path: Path):
+def test_retrain_does_not_depend_on_whether_the_stages_were_stored(
+    output_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     cold = _run(output_root, "both")
+    assert cold.extra["stages_computed"] == [STAGE_NAME, RETRAIN_STAGE]
     warm_root = tmp_path / "warm"
     _run(warm_root, "confident_learning", "method.retrain=false")  # fills the cache
     warm = _run(warm_root, "both")
+    assert warm.extra["stages_reused"] == [STAGE_NAME] and warm.extra["stages_computed"] == [RETRAIN_STAGE]
     assert np.array_equal(_cached_probs(output_root), _cached_probs(warm_root))
     assert warm.metrics == cold.metrics and warm.curves == cold.curves
+
+    # A rerun (a requeued task, a forced rerun) trains nothing: both stages are read back, same record.
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("a stored stage was trained again")
+
+    monkeypatch.setattr(common.run, "build_trainer", no_trainer)
+    rerun = _run(output_root, "both", "runtime.force=true")
+    assert rerun.extra["stages_reused"] == [STAGE_NAME, RETRAIN_STAGE] and not rerun.extra["stages_computed"]
+    assert rerun.metrics == cold.metrics and rerun.curves == cold.curves
 
 
 def test_class_weights_are_inverse_noise_diagonal_normalised_to_mean_one(output_root: Path):
