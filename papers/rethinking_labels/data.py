@@ -9,6 +9,7 @@ pool's true labels are used only to select its examples; the method sees it unla
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -127,6 +128,7 @@ class SemiSupervisedLongTailDataModule(ClassificationDataModule):
         pool = rest[chosen]
         self.unlabeled_x = torch.from_numpy(data.x_train[pool])
         self.unlabeled_labels_clean = data.y_train[pool].astype(np.int64)
+        self._labeled_hash_parts = list(self._hash_parts)
         self._hash_parts.append(pool)
 
     def _setup_hub(self) -> None:
@@ -159,6 +161,16 @@ class SemiSupervisedLongTailDataModule(ClassificationDataModule):
         )
         self._pool_split = extra.select(pool)
         self._hash_parts = [keep, pool, self.test_labels]
+        self._labeled_hash_parts = [keep, self.test_labels]
+
+    @property
+    def labeled_split_hash(self) -> str:
+        """`split_hash` without the pool: the labeled set and the test split, all that a model trained on the
+        labeled set sees (the semi-supervised recipe's base model, shared by the pools of one labeled set)."""
+        digest = hashlib.sha256(f"{self.source}:{self.hub_id}:labeled".encode())
+        for part in self._labeled_hash_parts:
+            digest.update(np.ascontiguousarray(part).tobytes())
+        return digest.hexdigest()[:16]
 
     # ---- the pool -----------------------------------------------------------------------------------------
     @property

@@ -91,8 +91,19 @@ class LongTailCEModule(ClassificationModule):
         self._val_preds, self._val_targets = [], []
         super().on_validation_epoch_end()
 
+    # The last evaluation travels with the weights (checkpoints, stored stages), so a module restored without
+    # training reports the same tail metrics as the one that trained.
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        if self._last_eval is None:
+            return {}
+        preds, targets = self._last_eval
+        return {"preds": preds, "targets": targets}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._last_eval = (state["preds"], state["targets"]) if state else None
+
     def tail_metrics(self) -> dict[str, float]:
-        """Balanced and many/medium/few-shot accuracy (%) of the last evaluation."""
+        """Balanced and many/medium/few-shot accuracy (%) of the last evaluation (kept in the state dict)."""
         if self._last_eval is None or self.train_class_counts is None:
             return {}
         preds, targets = self._last_eval

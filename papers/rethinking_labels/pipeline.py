@@ -10,15 +10,26 @@
 
 Both report the final model's metrics (``rethinking_labels_ce``), so their rows compare directly with plain
 CE; the first stage's numbers are kept under ``base/`` and ``pseudo/`` or ``pretrain/``.
+
+Every step is a cached stage of the run (``common.lit.stages``), so a killed or requeued run resumes the fit
+it was in (checkpoints every epoch) and a rerun reads finished stages back: ``semi_base`` (fit) ->
+``semi_pool_probs`` (compute: the base model's probabilities on the pool) -> ``semi_retrain`` (fit);
+``ssp_pretrain`` -> ``ssp_finetune`` (fits). The base model sees the labeled set only, so its config leaves
+out the pool and table_semi's rho_U columns share it. Stages are unseeded: weights and augmentation draw from
+the run's random state as before the stages existed, so the results did not change (a reused stage restores
+the state its computation left).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from common.lit import Pipeline, RunContext
 from common.lit.pseudo_label import confidence_pseudo_labels
@@ -30,13 +41,55 @@ CE_METHOD = "rethinking_labels_ce"
 ROTATION_METHOD = "rethinking_labels_rotation"
 
 
-def _fit(context: RunContext, module: Any, train_loader: Any, **trainer_overrides: Any) -> dict[str, float]:
-    trainer = context.make_trainer(**trainer_overrides)
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=context.datamodule.val_dataloader())
+#: Data settings that only shape the unlabeled pool: the labeled set, and so the base model, ignore them.
+POOL_KEYS = ("unlabeled_imbalance_ratio", "unlabeled_size_factor", "unlabeled_split")
+
+
+def fit_config(cfg: Any, split_hash: str, drop_data_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What every fit of a run depends on besides its module: the data split (`split_hash`) and the data
+    settings without `drop_data_keys`, the model, optimiser and trainer configs, and the run's seed. The fits
+    are unseeded stages: initial weights and augmentation draw from the run's random state, as they always
+    did, so the seed decides them."""
+    config = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("data", "model", "optim", "trainer")
+    }
+    config["data"] = {k: v for k, v in config["data"].items() if k not in drop_data_keys}
+    return {"split_hash": split_hash, **config, "seed": int(cfg.seed)}
+
+
+def _fit_stage(
+    context: RunContext,
+    name: str,
+    config: dict[str, Any],
+    make_module: Callable[[], L.LightningModule],
+    train_loader: Any,
+    **trainer_overrides: Any,
+) -> tuple[Any, dict[str, float]]:
+    """The fitted module of stage `name` (trained, resumed or read back) and its final metrics; trained
+    directly when the run has no stages (a pipeline called outside the runner)."""
+    val_loader = context.datamodule.val_dataloader()
+    if context.stages is None:
+        module = make_module()
+        trainer = context.make_trainer(**trainer_overrides)
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    else:
+        module = context.stages.fit(
+            name,
+            config,
+            make_module,
+            trainer_overrides=trainer_overrides,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loader,
+        )
     metrics = module.final_metrics()
     if not metrics:
-        raise RuntimeError("a stage ran no validation epoch (is trainer.limit_val_batches 0?)")
-    return metrics
+        raise RuntimeError(f"stage {name} ran no validation epoch (is trainer.limit_val_batches 0?)")
+    return module, metrics
+
+
+def _compute_stage(context: RunContext, name: str, config: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """`compute()` as the run's stage `name` (unseeded), or directly when the run has no stages."""
+    return compute() if context.stages is None else context.stages.compute(name, config, compute)
 
 
 def _head_keys(model: torch.nn.Module) -> set[str]:
@@ -64,6 +117,11 @@ class _CEStages(Pipeline):
     def __init__(self, noise_std: float = 0.0, max_shift: int = 0, shot_fraction: float = 0.3):
         self.ce_params = {"noise_std": noise_std, "max_shift": max_shift, "shot_fraction": shot_fraction}
 
+    @property
+    def augment(self) -> dict[str, Any]:
+        """The settings that change training (input augmentation); `shot_fraction` only groups the metrics."""
+        return {k: self.ce_params[k] for k in ("noise_std", "max_shift")}
+
     def ce_module(self, context: RunContext) -> Any:
         counts = np.bincount(
             np.asarray(context.datamodule.train_labels), minlength=context.datamodule.num_classes
@@ -84,12 +142,38 @@ class SemiSupervisedPipeline(_CEStages):
         super().__init__(**kwargs)
         self.threshold = float(threshold)
 
+    def stage_configs(self, context: RunContext) -> dict[str, dict[str, Any]]:
+        """The config of each stage. The base model sees the labeled set only (its split hash and the data
+        settings without `POOL_KEYS`), so the pools of one labeled set (table_semi's rho_U columns) share it;
+        the pool's probabilities add the pool (the full split hash, `POOL_KEYS`); only the retrain depends on
+        the threshold."""
+        cfg, datamodule = context.cfg, context.datamodule
+        base = {
+            **fit_config(cfg, datamodule.labeled_split_hash, drop_data_keys=POOL_KEYS),
+            "augment": self.augment,
+        }
+        pool = {key: OmegaConf.select(cfg, f"data.{key}") for key in POOL_KEYS}
+        probs = {"base": base, "split_hash": datamodule.split_hash, "pool": pool}
+        return {
+            "semi_base": base,
+            "semi_pool_probs": probs,
+            "semi_retrain": {**probs, "threshold": self.threshold},
+        }
+
     def run(self, context: RunContext) -> dict[str, float]:
         datamodule = context.datamodule
-        base = self.ce_module(context)
-        base_metrics = _fit(context, base, datamodule.train_dataloader())
+        configs = self.stage_configs(context)
+        base, base_metrics = _fit_stage(
+            context,
+            "semi_base",
+            configs["semi_base"],
+            lambda: self.ce_module(context),
+            datamodule.train_dataloader(),
+        )
         pool = datamodule.loader(datamodule.unlabeled_dataset(), shuffle=False, train=False)
-        probs = base.predict_proba(pool)
+        probs = _compute_stage(
+            context, "semi_pool_probs", configs["semi_pool_probs"], lambda: base.predict_proba(pool)
+        )
         pseudo, mask = confidence_pseudo_labels(probs, threshold=self.threshold)
         pseudo, keep = pseudo.numpy(), np.flatnonzero(mask.numpy() > 0)
         truth = np.asarray(datamodule.unlabeled_labels_clean)
@@ -103,9 +187,15 @@ class SemiSupervisedPipeline(_CEStages):
         context.extra["unlabeled_class_counts"] = np.bincount(
             truth, minlength=datamodule.num_classes
         ).tolist()
-        student = self.ce_module(context)
         merged = datamodule.labeled_and_pseudo_labeled(pseudo, keep)
-        metrics.update(_fit(context, student, datamodule.loader(merged, shuffle=True)))
+        student, student_metrics = _fit_stage(
+            context,
+            "semi_retrain",
+            configs["semi_retrain"],
+            lambda: self.ce_module(context),
+            datamodule.loader(merged, shuffle=True),
+        )
+        metrics.update(student_metrics)
         context.curves = student.curves
         return metrics
 
@@ -121,15 +211,41 @@ class SelfSupervisedPretrainPipeline(_CEStages):
         super().__init__(**kwargs)
         self.pretrain_epochs = pretrain_epochs
 
+    def stage_configs(self, context: RunContext) -> dict[str, dict[str, Any]]:
+        """The config of each stage: the fit settings, the augmentation (both fits use it) and the
+        pre-training's epochs; the fine-tuning starts from the pre-trained weights, so it adds nothing."""
+        pretrain = {
+            **fit_config(context.cfg, context.datamodule.split_hash),
+            "augment": self.augment,
+            "pretrain_epochs": self.pretrain_epochs,
+        }
+        return {"ssp_pretrain": pretrain, "ssp_finetune": {"pretrain": pretrain}}
+
     def run(self, context: RunContext) -> dict[str, float]:
         datamodule = context.datamodule
-        augment = {k: self.ce_params[k] for k in ("noise_std", "max_shift")}
-        pretrain = context.make_module({"name": ROTATION_METHOD, **augment})
+        configs = self.stage_configs(context)
         overrides = {} if self.pretrain_epochs is None else {"max_epochs": int(self.pretrain_epochs)}
-        pre_metrics = _fit(context, pretrain, datamodule.train_dataloader(), **overrides)
-        module = self.ce_module(context)
-        transfer_backbone(pretrain.backbone, module.backbone)
-        metrics = {"pretrain/rotation_acc": pre_metrics["test/acc"]}
-        metrics.update(_fit(context, module, datamodule.train_dataloader()))
+        pretrain, pre_metrics = _fit_stage(
+            context,
+            "ssp_pretrain",
+            configs["ssp_pretrain"],
+            lambda: context.make_module({"name": ROTATION_METHOD, **self.augment}),
+            datamodule.train_dataloader(),
+            **overrides,
+        )
+
+        def pretrained_ce_module() -> Any:
+            module = self.ce_module(context)
+            transfer_backbone(pretrain.backbone, module.backbone)
+            return module
+
+        module, metrics = _fit_stage(
+            context,
+            "ssp_finetune",
+            configs["ssp_finetune"],
+            pretrained_ce_module,
+            datamodule.train_dataloader(),
+        )
+        metrics = {"pretrain/rotation_acc": pre_metrics["test/acc"], **metrics}
         context.curves = {**module.curves, "pretrain/val_rotation_acc": pretrain.curves["val/acc"]}
         return metrics
