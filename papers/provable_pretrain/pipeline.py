@@ -16,21 +16,26 @@ predictor on the learned representation, i.e. ERM with n -> infinity, which isol
 `repeats` (unlabeled draws and MLE fits per run) and `labeled_repeats` (labelled draws per fit). A run's
 `excess_risk` is the mean over all of them, computed exactly from the true model (models.py).
 
-MLE fits are cached in memory, so rows and tables that need the same (seed, m, repeat) fit share it. A config
-smoke test (`trainer.limit_train_batches` set) runs one repeat with m <= 512 and at most 2000 evaluation
-points, so paper-scale shapes stay cheap.
+Each MLE fit is the cached stage `mle_pretraining` (`context.stages.compute`, common/lit/stages.py), one per
+unlabeled draw: its config (`MLEThenERM.mle_config`) is the data setting, m, the draw and the fit settings,
+not n or the evaluation points, so the cells and tables that need the same fit (n = inf and finite n; the
+m = 8000 fits of both tables of a model) compute it once, in any process, and a rerun or requeued run reads
+it from disk. The stored value is the fitted parameters (factor model: the posterior-mean map (M, c);
+mixture: the GaussianMixture's arrays), from which the predictions are bit for bit the fit's own. The
+downstream ERMs, the supervised-only fits and the risks take milliseconds per draw and stay in the run.
+Without the run's stages (outside the runner) the fits are computed directly. A config smoke test
+(`trainer.limit_train_batches` set) runs one repeat with m <= 512 and at most 2000 evaluation points, so
+paper-scale shapes stay cheap.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 from sklearn.decomposition import FactorAnalysis
 from sklearn.exceptions import ConvergenceWarning
@@ -39,7 +44,7 @@ from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from common.errors import UserError
-from common.lit import Pipeline, RunContext
+from common.lit import Pipeline, RunContext, Stages
 from common.registry import register_method
 from papers.provable_pretrain.models import FactorModel, MixtureModel
 from papers.provable_pretrain.simulation import FactorDataModule, MixtureDataModule
@@ -47,8 +52,10 @@ from papers.provable_pretrain.simulation import FactorDataModule, MixtureDataMod
 #: Floor of `excess_risk_log10` (an excess risk of exactly 0, e.g. on the random smoke-test source).
 LOG_FLOOR = 1e-12
 _SMOKE_MAX_UNLABELED, _SMOKE_MAX_EVAL = 512, 2000
-_FIT_CACHE: OrderedDict[str, Any] = OrderedDict()
-_FIT_CACHE_SIZE = 256
+#: The stage of one MLE fit on one unlabeled draw.
+MLE_STAGE = "mle_pretraining"
+#: The fitted mixture's parameters (sklearn's `GaussianMixture._get_parameters`), all `predict` needs.
+_MIXTURE_PARAMETERS = ("weights", "means", "covariances", "precisions_cholesky")
 
 # Random streams of a seed (LatentVariableDataModule.rng): 0 model, 1 unlabeled, 2 labelled, 3/4 evaluation.
 _UNLABELED, _LABELED = 1, 2
@@ -79,6 +86,21 @@ def fit_mixture_mle(
         return GaussianMixture(
             num_components, covariance_type="spherical", max_iter=max_iter, n_init=n_init, random_state=seed
         ).fit(x)
+
+
+def mixture_parameters(fitted: GaussianMixture) -> dict[str, torch.Tensor]:
+    """The fitted mixture as tensors (a stage's value)."""
+    return {name: torch.from_numpy(getattr(fitted, f"{name}_")) for name in _MIXTURE_PARAMETERS}
+
+
+def mixture_from_parameters(parameters: dict[str, torch.Tensor]) -> GaussianMixture:
+    """The fitted mixture back from `mixture_parameters`: the same arrays, so `predict` gives what the fit
+    itself predicts, bit for bit."""
+    fitted = GaussianMixture(len(parameters["weights"]), covariance_type="spherical")
+    for name in _MIXTURE_PARAMETERS:
+        setattr(fitted, f"{name}_", parameters[name].numpy())
+    fitted.n_features_in_ = fitted.means_.shape[1]
+    return fitted
 
 
 def least_squares_on(
@@ -148,9 +170,9 @@ class _SimulationPipeline(Pipeline):
         labeled_repeats = settings.labeled_repeats if settings.num_labeled is not None else 1
         with threadpool_limits(limits=int(threads) if threads else None):
             risks = [
-                self.excess_risk(datamodule, settings, repeat, labeled)
+                risk
                 for repeat in range(repeats)
-                for labeled in range(labeled_repeats)
+                for risk in self.excess_risks(context.stages, datamodule, settings, repeat, labeled_repeats)
             ]
         mean = float(np.mean(risks))
         factor = isinstance(datamodule, FactorDataModule)
@@ -169,9 +191,10 @@ class _SimulationPipeline(Pipeline):
             "draws": float(len(risks)),
         }
 
-    def excess_risk(
-        self, datamodule: Any, settings: _Settings, repeat: int, labeled: int
-    ) -> float:  # pragma: no cover - abstract
+    def excess_risks(
+        self, stages: Stages | None, datamodule: Any, settings: _Settings, repeat: int, labeled_repeats: int
+    ) -> list[float]:  # pragma: no cover - abstract
+        """The excess risks of the labelled draws 0 .. labeled_repeats - 1 of unlabeled draw `repeat`."""
         raise NotImplementedError
 
     def labeled_sample(
@@ -207,85 +230,96 @@ class _Settings:
         return cls(None if m is None else int(m), None if n is None else int(n), repeats, labeled_repeats)
 
 
-def _cached(key: dict[str, Any], build: Callable[[], Any]) -> Any:
-    text = json.dumps(key, sort_keys=True, default=str)
-    if text in _FIT_CACHE:
-        _FIT_CACHE.move_to_end(text)
-        return _FIT_CACHE[text]
-    value = build()
-    _FIT_CACHE[text] = value
-    while len(_FIT_CACHE) > _FIT_CACHE_SIZE:
-        _FIT_CACHE.popitem(last=False)
-    return value
-
-
 @register_method("provable_pretrain_mle_erm")
 class MLEThenERM(_SimulationPipeline):
     """MLE pretraining on m unlabeled samples, then ERM on the learned representation (module doc).
 
     Parameters: `max_iter`, `tol` (FactorAnalysis), `gmm_max_iter`, `n_init` (GaussianMixture)."""
 
-    def representation(self, datamodule: Any, settings: _Settings, repeat: int) -> Any:
-        """The learned representation of one unlabeled draw: (M, c) or the fitted mixture."""
+    def representation(self, stages: Stages | None, datamodule: Any, settings: _Settings, repeat: int) -> Any:
+        """The learned representation of unlabeled draw `repeat`: (M, c) or the fitted mixture, the stage
+        `MLE_STAGE` (computed directly without `stages`)."""
         m = settings.num_unlabeled
-        key = {"data": datamodule.params(), "m": m, "repeat": repeat, "params": self.params}
+        config = self.mle_config(datamodule, m, repeat)
+        fit = config["fit"]
 
-        def build() -> Any:
+        def compute() -> dict[str, torch.Tensor]:
             x = datamodule.model.sample(m, datamodule.rng(_UNLABELED, m, repeat))[0]
-            seed = datamodule.seed * 1000 + repeat
             if isinstance(datamodule, FactorDataModule):
-                return fit_factor_mle(
-                    x,
-                    datamodule.rank,
-                    seed,
-                    int(self.params.get("max_iter", 1000)),
-                    float(self.params.get("tol", 1e-2)),
+                matrix, center = fit_factor_mle(
+                    x, datamodule.rank, fit["random_state"], fit["max_iter"], fit["tol"]
                 )
-            return fit_mixture_mle(
-                x,
-                datamodule.num_components,
-                seed,
-                int(self.params.get("gmm_max_iter", 200)),
-                int(self.params.get("n_init", 1)),
+                return {"matrix": torch.from_numpy(matrix), "center": torch.from_numpy(center)}
+            fitted = fit_mixture_mle(
+                x, datamodule.num_components, fit["random_state"], fit["max_iter"], fit["n_init"]
             )
+            return mixture_parameters(fitted)
 
-        return _cached(key, build)
+        # Seeded with the fit's own random_state: the draw and the fit use their own generators, so the
+        # run's random state is untouched either way.
+        stored = (
+            compute()
+            if stages is None
+            else stages.compute(MLE_STAGE, config, compute, seed=fit["random_state"])
+        )
+        if isinstance(datamodule, FactorDataModule):
+            return stored["matrix"].numpy(), stored["center"].numpy()
+        return mixture_from_parameters(stored)
+
+    def mle_config(self, datamodule: Any, num_unlabeled: int, repeat: int) -> dict[str, Any]:
+        """What decides one MLE fit (the config of its stage): the data setting (true model: kind, source,
+        seed, sizes), m, the unlabeled draw `repeat` and the fit's settings with its random_state. Not the
+        evaluation points (`num_eval`) or n, so every cell and table that fits the same draw shares it."""
+        data = {key: value for key, value in datamodule.params().items() if key != "num_eval"}
+        random_state = datamodule.seed * 1000 + repeat
+        if isinstance(datamodule, FactorDataModule):
+            fit = {
+                "max_iter": int(self.params.get("max_iter", 1000)),
+                "tol": float(self.params.get("tol", 1e-2)),
+            }
+        else:
+            fit = {
+                "max_iter": int(self.params.get("gmm_max_iter", 200)),
+                "n_init": int(self.params.get("n_init", 1)),
+            }
+        return {
+            "data": data,
+            "num_unlabeled": num_unlabeled,
+            "repeat": repeat,
+            "fit": {**fit, "random_state": random_state},
+        }
 
     def clusters(self, representation: Any, x: np.ndarray) -> np.ndarray:
         return representation.predict(x)
 
-    def _cached_clusters(self, representation: Any, x: np.ndarray, key: dict[str, Any]) -> np.ndarray:
-        """Cluster assignments of a fixed evaluation sample, computed once per representation."""
-        return _cached({**key, "params": self.params}, lambda: self.clusters(representation, x))
-
-    def excess_risk(self, datamodule: Any, settings: _Settings, repeat: int, labeled: int) -> float:
-        representation = self.representation(datamodule, settings, repeat)
+    def excess_risks(
+        self, stages: Stages | None, datamodule: Any, settings: _Settings, repeat: int, labeled_repeats: int
+    ) -> list[float]:
+        representation = self.representation(stages, datamodule, settings, repeat)
         model = datamodule.model
         if isinstance(model, FactorModel):
             matrix, center = representation
             if settings.num_labeled is None:
-                weight, bias = model.best_linear_on(matrix, center)
-            else:
+                return [model.excess_risk(*model.best_linear_on(matrix, center))]
+            risks = []
+            for labeled in range(labeled_repeats):
                 x, y = self.labeled_sample(datamodule, settings, repeat, labeled)
-                weight, bias = least_squares_on((x - center) @ matrix.T, y, matrix, center)
-            return model.excess_risk(weight, bias)
+                risks.append(model.excess_risk(*least_squares_on((x - center) @ matrix.T, y, matrix, center)))
+            return risks
         assert isinstance(model, MixtureModel)
-        key = {
-            "data": datamodule.params(),
-            "m": settings.num_unlabeled,
-            "repeat": repeat,
-            "kind": type(self).__name__,
-        }
+        eval_clusters = self.clusters(representation, datamodule.eval_x)
         if settings.num_labeled is None:
-            clusters = self._cached_clusters(
-                representation, datamodule.population_x, {**key, "on": "population"}
-            )
-            mapping = population_label_map(clusters, datamodule.population_probs)
+            clusters = self.clusters(representation, datamodule.population_x)
+            mappings = [population_label_map(clusters, datamodule.population_probs)]
         else:
-            x, y = self.labeled_sample(datamodule, settings, repeat, labeled)
-            mapping = majority_label_map(self.clusters(representation, x), y, model.num_components)
-        eval_clusters = self._cached_clusters(representation, datamodule.eval_x, {**key, "on": "eval"})
-        return model.excess_risk(datamodule.eval_x, mapping[eval_clusters], datamodule.eval_probs)
+            mappings = []
+            for labeled in range(labeled_repeats):
+                x, y = self.labeled_sample(datamodule, settings, repeat, labeled)
+                mappings.append(majority_label_map(self.clusters(representation, x), y, model.num_components))
+        return [
+            model.excess_risk(datamodule.eval_x, mapping[eval_clusters], datamodule.eval_probs)
+            for mapping in mappings
+        ]
 
 
 @register_method("provable_pretrain_oracle_erm")
@@ -295,7 +329,7 @@ class OracleRepresentationERM(MLEThenERM):
 
     uses_unlabeled = False
 
-    def representation(self, datamodule: Any, settings: _Settings, repeat: int) -> Any:
+    def representation(self, stages: Stages | None, datamodule: Any, settings: _Settings, repeat: int) -> Any:
         model = datamodule.model
         return model.posterior_mean_map() if isinstance(model, FactorModel) else model
 
@@ -312,6 +346,11 @@ class SupervisedOnly(_SimulationPipeline):
 
     uses_unlabeled = False
     ratio_claim_factor = 0.5
+
+    def excess_risks(
+        self, stages: Stages | None, datamodule: Any, settings: _Settings, repeat: int, labeled_repeats: int
+    ) -> list[float]:
+        return [self.excess_risk(datamodule, settings, repeat, labeled) for labeled in range(labeled_repeats)]
 
     def excess_risk(self, datamodule: Any, settings: _Settings, repeat: int, labeled: int) -> float:
         x, y = self.labeled_sample(datamodule, settings, repeat, labeled)

@@ -1,15 +1,18 @@
 """provable_pretrain: exact risks of the two latent-variable models against hand-computed values and Monte
-Carlo, the representations against scikit-learn, the downstream ERMs on hand cases, and runs through the
-harness."""
+Carlo, the representations against scikit-learn, the downstream ERMs on hand cases, runs through the
+harness, and the MLE fit as a cached stage (shared by cells, reused on a rerun with the same numbers)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.decomposition import FactorAnalysis
 
+from common.lit import Stages
 from common.run import execute
 from papers.provable_pretrain import (
     FactorModel,
@@ -20,6 +23,12 @@ from papers.provable_pretrain import (
     make_factor_model,
     make_mixture_model,
     population_label_map,
+)
+from papers.provable_pretrain.pipeline import (
+    MLE_STAGE,
+    fit_mixture_mle,
+    mixture_from_parameters,
+    mixture_parameters,
 )
 from tests.conftest import compose
 
@@ -123,6 +132,21 @@ def test_population_label_map_follows_the_true_probabilities():
     np.testing.assert_array_equal(population_label_map(clusters, probs), [1, 0])
 
 
+def test_stored_mixture_predicts_exactly_like_the_fit():
+    """The stage stores the fitted mixture's arrays (loadable with weights_only); the mixture rebuilt from
+    them assigns every point to the same cluster as the fit itself."""
+    rng = np.random.default_rng(5)
+    model = make_mixture_model(6, 3, separation=2.0, label_noise=0.1, rng=rng)
+    fitted = fit_mixture_mle(model.sample(400, rng)[0], 3, seed=0, max_iter=100, n_init=1)
+    buffer = io.BytesIO()
+    torch.save(mixture_parameters(fitted), buffer)
+    buffer.seek(0)
+    rebuilt = mixture_from_parameters(torch.load(buffer, weights_only=True))
+    query = model.sample(2000, rng)[0]
+    np.testing.assert_array_equal(rebuilt.predict(query), fitted.predict(query))
+    np.testing.assert_array_equal(rebuilt.predict_proba(query), fitted.predict_proba(query))
+
+
 # ---- runs through the harness --------------------------------------------------------------------------
 
 TINY = ["protocol.repeats=1", "protocol.labeled_repeats=2", "runtime.progress=false", "logger=none"]
@@ -133,11 +157,7 @@ TINY = ["protocol.repeats=1", "protocol.labeled_repeats=2", "runtime.progress=fa
     [
         ("factor_unlabeled", "provable_pretrain_mle_erm", ["protocol.num_unlabeled=300"]),
         ("factor_labeled", "provable_pretrain_supervised", ["protocol.num_labeled=20"]),
-        (
-            "mixture_unlabeled",
-            "provable_pretrain_mle_erm",
-            ["protocol.num_unlabeled=300", "data.num_eval=2000"],
-        ),
+        # mixture_unlabeled with MLE+ERM: test_mle_fit_is_a_stage_shared_by_cells_and_reused_on_rerun
         (
             "mixture_labeled",
             "provable_pretrain_oracle_erm",
@@ -155,12 +175,78 @@ def test_runs_complete(experiment: str, method: str, extra: list[str], output_ro
                    f"runtime.output_root={output_root}"])  # fmt: skip
     record = execute(cfg)
     assert record.complete, record.reason
+    # One MLE fit per unlabeled draw (repeats=1), a stage; the other methods have no shared work.
+    fits = [MLE_STAGE] if method == "provable_pretrain_mle_erm" else []
+    assert record.extra["stages_computed"] == fits and record.extra["stages_reused"] == []
     assert record.metrics["excess_risk"] > 0
     assert record.metrics["excess_risk_log10"] == pytest.approx(np.log10(record.metrics["excess_risk"]))
     # The ratio claim's metric: the scaled excess risk, halved in the supervised-only runs.
     scaled = (1e3 if "factor" in experiment else 100) * record.metrics["excess_risk"]
     factor = 0.5 if method == "provable_pretrain_supervised" else 1.0
     assert record.metrics["excess_risk_half_if_supervised"] == pytest.approx(factor * scaled)
+
+
+def test_mle_fit_is_a_stage_shared_by_cells_and_reused_on_rerun(output_root: Path, monkeypatch):
+    """The stage's config is what decides the fit (data setting with its seed, m, draw, fit settings), not n
+    or the evaluation points: a cell with another n and num_eval reuses it, another seed computes its own,
+    and a forced rerun reads it back and gives the same metrics bit for bit."""
+    configs = []
+    compute = Stages.compute
+
+    def spy(self, name, config, fn, *, seed=None):
+        configs.append((name, config, seed))
+        return compute(self, name, config, fn, seed=seed)
+
+    monkeypatch.setattr(Stages, "compute", spy)
+
+    def run(*extra: str):
+        table = ["experiment=provable_pretrain/mixture_unlabeled", "method=provable_pretrain_mle_erm"]
+        cfg = compose(
+            [*table, "protocol.num_unlabeled=300", *TINY, f"runtime.output_root={output_root}", *extra]
+        )
+        record = execute(cfg)
+        assert record.complete, record.reason
+        return cfg, record
+
+    cfg, first = run("protocol.num_labeled=null", "data.num_eval=2000")
+    assert (first.extra["stages_computed"], first.extra["stages_reused"]) == ([MLE_STAGE], [])
+    assert first.metrics["excess_risk"] > 0
+    assert first.metrics["excess_risk_half_if_supervised"] == pytest.approx(
+        100 * first.metrics["excess_risk"]
+    )
+    data = cfg.data
+    assert configs == [
+        (
+            MLE_STAGE,
+            {
+                "data": {
+                    "kind": "mixture",
+                    "source": "gaussian",
+                    "seed": cfg.seed,
+                    "dim": data.dim,
+                    "num_components": data.num_components,
+                    "separation": data.separation,
+                    "label_noise": data.label_noise,
+                },
+                "num_unlabeled": 300,
+                "repeat": 0,
+                "fit": {
+                    "max_iter": cfg.method.gmm_max_iter,
+                    "n_init": cfg.method.n_init,
+                    "random_state": cfg.seed * 1000,
+                },
+            },
+            cfg.seed * 1000,
+        )
+    ]
+    _, other_cell = run("protocol.num_labeled=20", "data.num_eval=1000")
+    assert (other_cell.extra["stages_computed"], other_cell.extra["stages_reused"]) == ([], [MLE_STAGE])
+    _, other_seed = run("protocol.num_labeled=null", "data.num_eval=2000", "seed=1")
+    assert other_seed.extra["stages_computed"] == [MLE_STAGE]
+    assert other_seed.metrics["excess_risk"] != first.metrics["excess_risk"]
+    _, rerun = run("protocol.num_labeled=null", "data.num_eval=2000", "runtime.force=true")
+    assert (rerun.extra["stages_computed"], rerun.extra["stages_reused"]) == ([], [MLE_STAGE])
+    assert rerun.metrics == first.metrics
 
 
 def test_pretraining_beats_supervised_with_few_labels(output_root: Path):
