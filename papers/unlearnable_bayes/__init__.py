@@ -11,7 +11,7 @@ from papers.unlearnable_bayes.bayes_error import (
     two_gaussians_distance,
 )
 from papers.unlearnable_bayes.estimator_check import BayesErrorEstimate, TwoGaussiansDataModule
-from papers.unlearnable_bayes.perturbations import bayes_error_pga, error_minimising_noise, random_noise
+from papers.unlearnable_bayes.perturbations import ErrorMinimisingNoise, bayes_error_pga, random_noise
 from papers.unlearnable_bayes.pipeline import (
     BayesErrorProtection,
     CleanOnly,
@@ -25,6 +25,7 @@ __all__ = [
     "BayesErrorEstimate",
     "BayesErrorProtection",
     "CleanOnly",
+    "ErrorMinimisingNoise",
     "ErrorMinimisingProtection",
     "NoProtection",
     "ProtectionPipeline",
@@ -32,7 +33,6 @@ __all__ = [
     "TwoGaussiansDataModule",
     "bayes_error_from_posteriors",
     "bayes_error_pga",
-    "error_minimising_noise",
     "kernel_bayes_error",
     "kernel_posterior",
     "knn_posterior",

@@ -2,16 +2,21 @@
 (Huang et al., ICLR 2021, sample-wise min-min) and Bayes-error maximisation by projected gradient ascent
 (BEO).
 
-Every function returns perturbed inputs `x + delta` with |delta|_inf <= eps and values clamped to [0, 1]."""
+Each gives perturbed inputs `x + delta` with |delta|_inf <= eps and values clamped to [0, 1]. Error-minimising
+noise trains a model as it goes, so it is a LightningModule (a fit that checkpoints and resumes); BEO's ascent
+moves only the inputs (signed steps, no optimiser state) and stays a plain loop."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from papers.unlearnable_bayes.bayes_error import kernel_bayes_error, max_abs_normalise
 
@@ -84,56 +89,97 @@ def bayes_error_pga(
     return PGAResult(x=(x + delta).detach(), history=history)
 
 
-@dataclass
-class ErrorMinimisingResult:
-    x: torch.Tensor
-    rounds: int
-    train_error: float
-
-
-def error_minimising_noise(
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    eps: float,
-    step_size: float,
-    pgd_steps: int = 20,
-    train_steps: int = 10,
-    batch_size: int = 512,
-    stop_error: float = 0.01,
-    max_rounds: int = 100,
-    generator: torch.Generator | None = None,
-) -> ErrorMinimisingResult:
+class ErrorMinimisingNoise(L.LightningModule):
     """Sample-wise error-minimising noise (Huang et al. 2021, official HanxunH/Unlearnable-Examples
-    perturbation.py, min-min): alternate `train_steps` SGD steps of `model` on the perturbed data with
-    `pgd_steps` signed descent steps of every example's noise on the cross entropy, until the model's error on
-    the perturbed data is below `stop_error` (or `max_rounds` rounds)."""
-    delta = torch.zeros_like(x)
-    error, rounds = 1.0, 0
-    while rounds < max_rounds:
-        rounds += 1
-        model.train()
-        for _ in range(train_steps):
-            index = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator).to(x.device)
+    perturbation.py, min-min) as a Lightning fit, one epoch per round: `train_steps` SGD steps of `model` on
+    the perturbed data, then `pgd_steps` signed descent steps of every example's noise on the cross entropy.
+    The fit stops once the model's error on the perturbed data is below `stop_error`; the Trainer's
+    `max_epochs` is the most rounds. Fit it on `one_batch_per_round()`.
+
+    The noise is the buffer `delta`; checkpoints also hold the batch generator's state, so a resumed fit
+    continues as an uninterrupted one. `curves["train_error"]` is the model's error after every round."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        model: nn.Module,
+        *,
+        eps: float,
+        step_size: float,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        pgd_steps: int = 20,
+        train_steps: int = 10,
+        batch_size: int = 512,
+        stop_error: float = 0.01,
+        generator_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False  # a round is SGD steps of the model and PGD steps of the noise
+        self.x, self.labels = x, labels  # given at every construction: not part of the checkpoints
+        self.model = model
+        self.register_buffer("delta", torch.zeros_like(x))
+        self.eps, self.step_size = eps, step_size
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.pgd_steps, self.train_steps, self.batch_size = pgd_steps, train_steps, batch_size
+        self.stop_error = stop_error
+        self.generator = torch.Generator().manual_seed(generator_seed)
+        self.curves: dict[str, list[float]] = {"train_error": []}
+
+    @staticmethod
+    def one_batch_per_round() -> DataLoader:
+        """The training loader: one placeholder batch, so that an epoch is one round. Its own generator keeps
+        the loader's per-epoch seed draw off the global torch state (the rounds draw nothing from it)."""
+        return DataLoader([0], generator=torch.Generator())
+
+    @property
+    def perturbed(self) -> torch.Tensor:
+        """`x + delta` (the protected inputs)."""
+        return (self.x + self.delta.to(self.x.device)).detach()
+
+    @property
+    def rounds(self) -> int:
+        return len(self.curves["train_error"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            self.model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+    def on_fit_start(self) -> None:
+        self.x, self.labels = self.x.to(self.device), self.labels.to(self.device)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, labels, delta = self.x, self.labels, self.delta
+        optimizer = self.optimizers()
+        self.model.train()
+        for _ in range(self.train_steps):
+            index = torch.randint(len(x), (min(self.batch_size, len(x)),), generator=self.generator)
+            index = index.to(x.device)
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[index] + delta[index]), labels[index]).backward()
+            self.manual_backward(F.cross_entropy(self.model(x[index] + delta[index]), labels[index]))
             optimizer.step()
-        model.eval()
+        self.model.eval()
         wrong = 0
-        for index in torch.arange(len(x), device=x.device).split(batch_size):
+        for index in torch.arange(len(x), device=x.device).split(self.batch_size):
             part = delta[index]
-            for _ in range(pgd_steps):
+            for _ in range(self.pgd_steps):
                 part = part.detach().requires_grad_(True)
-                loss = F.cross_entropy(model(x[index] + part), labels[index])
+                loss = F.cross_entropy(self.model(x[index] + part), labels[index])
                 (grad,) = torch.autograd.grad(loss, part)
-                part = project(x[index], part.detach() - step_size * grad.sign(), eps)
+                part = project(x[index], part.detach() - self.step_size * grad.sign(), self.eps)
             delta[index] = part.detach()
             with torch.no_grad():
-                wrong += int((model(x[index] + delta[index]).argmax(1) != labels[index]).sum())
+                wrong += int((self.model(x[index] + delta[index]).argmax(1) != labels[index]).sum())
         error = wrong / len(x)
-        if error < stop_error:
-            break
-    model.train()
-    return ErrorMinimisingResult(x=(x + delta).detach(), rounds=rounds, train_error=error)
+        self.curves["train_error"].append(error)
+        if error < self.stop_error:
+            self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["batch_generator"] = self.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.generator.set_state(checkpoint["batch_generator"])

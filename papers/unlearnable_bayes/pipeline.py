@@ -6,13 +6,31 @@ them with the row's method inside an L_inf ball of radius `protection.eps` (pixe
 victim (the table's model, optimiser and schedule) on the clean rest plus the protected part, and evaluate it
 on the clean test split. `clean_only` drops the protected part instead (the reference of the mixed setting).
 The record also holds the kernel Bayes-error estimate of the victim's training set and of the same examples
-without perturbation (`be_hat/...`, %, one fixed estimator for every row), and BEO's objective per step."""
+without perturbation (`be_hat/...`, %, one fixed estimator for every row), and BEO's objective per step.
+
+Stages (`common.lit.stages`, under ``<output_root>/stages/unlearnable_bayes/``), each keyed by what decides
+it plus the code, so a rerun or a requeued task reuses the finished ones and resumes a killed fit from its
+last epoch, and cells that need the same work share it:
+- ``victim``: the victim's fit, keyed by a digest of its training set (and data, model, optim, trainer,
+  augmentation, seed), so runs that train on the same data (the clean row's two columns) share it;
+- ``error_min_noise``: the error-minimising noise, a Lightning fit of one epoch per round, keyed by the
+  protected examples and its own settings (not the victim's schedule);
+- ``beo_round``: one BEO round (the perturbed examples, the objective per step and the ascent's generator
+  state), keyed by the round index and BEO's settings; its surrogate's fit is the stage ``beo_surrogate``.
+The stages are unseeded and set the torch seed from the run's seed where the code always did, so their
+results are those of the plain runs. Random noise (one draw) and the BE_hat estimates (one kernel pass) are
+recomputed.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -24,11 +42,7 @@ from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
 from papers.unlearnable_bayes.bayes_error import kernel_bayes_error
-from papers.unlearnable_bayes.perturbations import (
-    bayes_error_pga,
-    error_minimising_noise,
-    random_noise,
-)
+from papers.unlearnable_bayes.perturbations import ErrorMinimisingNoise, bayes_error_pga, random_noise
 
 log = logging.getLogger("pnu.unlearnable_bayes")
 
@@ -130,13 +144,21 @@ class ProtectionPipeline(Pipeline):
     def train_victim(
         self, context: RunContext, settings: DictConfig, x: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, float]:
+        """The victim's fit (stage `victim`), keyed by a digest of its training set `(x, labels)`."""
         datamodule = context.datamodule
         torch.manual_seed(int(context.cfg.seed) * 1000 + 29)
         dataset = _dataset(datamodule, x, labels, augment=bool(settings.augment))
-        module = context.make_module({"name": "ce"})
-        trainer = context.make_trainer()
-        trainer.fit(
-            module,
+        config = {
+            **stage_config(context, "optim", "protection.augment"),
+            "trainer": trainer_config(context.cfg),
+            "train_x": _digest(x),
+            "train_labels": _digest(labels),
+        }
+        module = _fit(
+            context,
+            "victim",
+            config,
+            lambda: context.make_module({"name": "ce"}),
             train_dataloaders=datamodule.loader(dataset, shuffle=True),
             val_dataloaders=datamodule.val_dataloader(),
         )
@@ -226,30 +248,53 @@ class ErrorMinimisingProtection(ProtectionPipeline):
         metrics: dict[str, float],
     ) -> torch.Tensor:
         spec = settings.error_min
-        torch.manual_seed(seed * 1000 + 13)
-        backbone = context.make_module({"name": "ce"}).backbone.to(x.device)
-        model = nn.Sequential(Normalise(*_normalisation(context.datamodule)), backbone)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-        )
         cap = _smoke_cap(context.cfg)
-        result = error_minimising_noise(
-            x,
-            labels,
-            model,
-            optimizer,
-            eps=float(settings.eps),
-            step_size=float(spec.step_size),
-            pgd_steps=_capped(int(spec.pgd_steps), cap),
-            train_steps=_capped(int(spec.train_steps), cap),
-            batch_size=int(spec.batch_size),
-            stop_error=float(spec.stop_error),
-            max_rounds=_capped(int(spec.max_rounds), cap),
-            generator=torch.Generator().manual_seed(seed * 1000 + 17),
+        params = {
+            "eps": float(settings.eps),
+            "step_size": float(spec.step_size),
+            "lr": float(spec.lr),
+            "momentum": float(spec.momentum),
+            "weight_decay": float(spec.weight_decay),
+            "pgd_steps": _capped(int(spec.pgd_steps), cap),
+            "train_steps": _capped(int(spec.train_steps), cap),
+            "batch_size": int(spec.batch_size),
+            "stop_error": float(spec.stop_error),
+        }
+        # One epoch per round, in full precision as the official loop (and this one before) ran: the paper
+        # scale's bf16-mixed is for the victim. The settings Lightning refuses with manual optimisation go.
+        overrides = {
+            "max_epochs": _capped(int(spec.max_rounds), cap),
+            "max_steps": -1,
+            "limit_train_batches": None,
+            "precision": "32-true",
+            "accumulate_grad_batches": 1,
+            "gradient_clip_val": None,
+        }
+
+        def make_module() -> ErrorMinimisingNoise:
+            torch.manual_seed(seed * 1000 + 13)
+            backbone = context.make_module({"name": "ce"}).backbone.to(x.device)
+            model = nn.Sequential(Normalise(*_normalisation(context.datamodule)), backbone)
+            return ErrorMinimisingNoise(x, labels, model, generator_seed=seed * 1000 + 17, **params)
+
+        config = {
+            **stage_config(context),
+            "trainer": trainer_config(context.cfg, overrides),
+            "protected_x": _digest(x),
+            "protected_labels": _digest(labels),
+            "error_min": params,
+        }
+        noise = _fit(
+            context,
+            "error_min_noise",
+            config,
+            make_module,
+            trainer_overrides=overrides,
+            train_dataloaders=ErrorMinimisingNoise.one_batch_per_round(),
         )
-        metrics["error_min/rounds"] = float(result.rounds)
-        metrics["error_min/train_error"] = 100 * result.train_error
-        return result.x
+        metrics["error_min/rounds"] = float(noise.rounds)
+        metrics["error_min/train_error"] = 100 * noise.curves["train_error"][-1]
+        return noise.perturbed
 
 
 @register_method("unlearnable_bayes_beo")
@@ -276,44 +321,94 @@ class BayesErrorProtection(ProtectionPipeline):
         if spec.features not in ("pixels", "surrogate"):
             raise UserError(f"protection.beo.features must be pixels or surrogate, got {spec.features!r}")
         generator = torch.Generator().manual_seed(seed * 1000 + 19)
-        num_classes = int(context.datamodule.num_classes)
+        params = {
+            "eps": float(settings.eps),
+            "features": str(spec.features),
+            "steps_per_round": steps,
+            "step_size": float(spec.step_size),
+            "sigma": float(spec.sigma),
+            "normalise": bool(spec.normalise),
+            "batch_size": spec.get("batch_size"),
+        }
+        # Round r's result is decided by these and r (`rounds` only says how many there are).
+        config = {
+            **stage_config(context),
+            "device": str(x.device),
+            "protected_x": _digest(x),
+            "protected_labels": _digest(labels),
+            "beo": params,
+        }
+        if spec.features == "surrogate":  # the surrogate's fit: its optimiser, Trainer and augmentation
+            config["optim"] = OmegaConf.to_container(context.cfg.optim, resolve=True)
+            config["protection.augment"] = bool(settings.augment)
+            config["trainer"] = trainer_config(context.cfg, {"max_epochs": int(spec.surrogate_epochs)})
         current, history = x, []
         for round_index in range(rounds):
-            features = None
-            if spec.features == "surrogate":
-                torch.manual_seed(seed * 1000 + 23 + round_index)
-                features = self.train_surrogate(context, settings, current, labels)
-            result = bayes_error_pga(
-                x,
-                labels,
-                num_classes,
-                eps=float(settings.eps),
-                steps=steps,
-                step_size=float(spec.step_size),
-                sigma=float(spec.sigma),
-                features=features,
-                normalise=bool(spec.normalise),
-                batch_size=spec.get("batch_size"),
-                init=current - x,
-                generator=generator,
-            )
-            current = result.x
-            history += result.history if round_index == 0 else result.history[1:]
+            round_config = {**config, "round": round_index}
+            ascend = partial(self.ascend, context, x, labels, current, params, generator, round_config)
+            stored = _compute(context, "beo_round", round_config, ascend)
+            generator.set_state(stored["generator"])  # where the round left it, computed or reused
+            current = stored["x"].to(x.device)
+            history += stored["history"] if round_index == 0 else stored["history"][1:]
         context.curves["beo/be_hat"] = [100 * v for v in history]
         metrics["beo/objective_start"] = 100 * history[0]
         metrics["beo/objective_end"] = 100 * history[-1]
         return current
 
+    def ascend(
+        self,
+        context: RunContext,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        current: torch.Tensor,
+        params: dict[str, Any],
+        generator: torch.Generator,
+        config: dict[str, Any],
+    ) -> dict[str, Any]:
+        """One round (stage `beo_round`, `config`): the surrogate retrained on the `current` perturbed
+        examples (its own stage `beo_surrogate`, same config), then `steps_per_round` PGA steps from
+        `current`. Returns the perturbed examples, the objective before every step and after the last, and
+        the state the ascent left `generator` in (so a reused round continues the same draws)."""
+        features = None
+        if params["features"] == "surrogate":
+            torch.manual_seed(int(context.cfg.seed) * 1000 + 23 + int(config["round"]))
+            features = self.train_surrogate(context, context.cfg.protection, current, labels, config)
+        result = bayes_error_pga(
+            x,
+            labels,
+            int(context.datamodule.num_classes),
+            eps=params["eps"],
+            steps=params["steps_per_round"],
+            step_size=params["step_size"],
+            sigma=params["sigma"],
+            features=features,
+            normalise=params["normalise"],
+            batch_size=params["batch_size"],
+            init=current - x,
+            generator=generator,
+        )
+        return {"x": result.x.cpu(), "history": result.history, "generator": generator.get_state()}
+
     def train_surrogate(
-        self, context: RunContext, settings: DictConfig, x: torch.Tensor, labels: torch.Tensor
-    ) -> Any:
-        """A fresh model of the victim's architecture trained on `(x, labels)`; returns its feature map
-        (pre-logits of normalised inputs), frozen."""
+        self,
+        context: RunContext,
+        settings: DictConfig,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        config: dict[str, Any],
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A fresh model of the victim's architecture trained on `(x, labels)` (stage `beo_surrogate`, with
+        the round's `config`); returns its feature map (pre-logits of normalised inputs), frozen."""
         datamodule = context.datamodule
         dataset = _dataset(datamodule, x.cpu(), labels.cpu(), augment=bool(settings.augment))
-        module = context.make_module({"name": "ce"})
-        trainer = context.make_trainer(max_epochs=int(settings.beo.surrogate_epochs))
-        trainer.fit(module, train_dataloaders=datamodule.loader(dataset, shuffle=True))
+        module = _fit(
+            context,
+            "beo_surrogate",
+            config,
+            lambda: context.make_module({"name": "ce"}),
+            trainer_overrides={"max_epochs": int(settings.beo.surrogate_epochs)},
+            train_dataloaders=datamodule.loader(dataset, shuffle=True),
+        )
         backbone = module.backbone.to(x.device).eval()
         backbone.requires_grad_(False)
         normalise = Normalise(*_normalisation(datamodule))
@@ -322,6 +417,61 @@ class BayesErrorProtection(ProtectionPipeline):
             return backbone.forward_head(backbone.forward_features(normalise(inputs)), pre_logits=True)
 
         return features
+
+
+# ---- stages ------------------------------------------------------------------------------------------------
+def stage_config(context: RunContext, *keys: str) -> dict[str, Any]:
+    """What every stage's result depends on: the data (its split and config), the network (`model`) and the
+    run's seed (the stages are unseeded and set the torch seed from it, as the runs always did), plus the
+    config entries at the dotted `keys`. The stages add the Trainer they run and digests of their inputs."""
+    cfg = context.cfg
+    config = {
+        "split_hash": getattr(context.datamodule, "split_hash", None),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "seed": int(cfg.seed),
+    }
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        config[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return config
+
+
+def trainer_config(cfg: DictConfig, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Trainer settings a fit runs with: the run's `trainer` with `overrides`."""
+    return {**OmegaConf.to_container(cfg.trainer, resolve=True), **(overrides or {})}
+
+
+def _fit(
+    context: RunContext,
+    name: str,
+    config: dict[str, Any],
+    make_module: Callable[[], L.LightningModule],
+    *,
+    trainer_overrides: dict[str, Any] | None = None,
+    **fit_kwargs: Any,
+) -> L.LightningModule:
+    """The fitted module of stage `name`; fitted here, unstored, when the run has no stages."""
+    if context.stages is not None:
+        return context.stages.fit(
+            name, config, make_module, trainer_overrides=trainer_overrides, **fit_kwargs
+        )
+    module = make_module()
+    context.make_trainer(**(trainer_overrides or {})).fit(module, **fit_kwargs)
+    return module
+
+
+def _compute(context: RunContext, name: str, config: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """`compute()` as the run's stage `name`, or directly when the run has no stages."""
+    return compute() if context.stages is None else context.stages.compute(name, config, compute)
+
+
+def _digest(values: torch.Tensor) -> str:
+    """The SHA-256 of a tensor's shape, type and values: names a stage's input examples in its config."""
+    values = values.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tuple(values.shape)} {values.dtype}".encode())
+    digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
 
 
 # ---- data helpers ------------------------------------------------------------------------------------------

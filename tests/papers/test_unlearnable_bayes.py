@@ -1,21 +1,26 @@
 """Bayes-error optimisation (unlearnable_bayes): the kernel estimator against a hand-computed case and the
-official analytic gradient, the exact two-Gaussian Bayes error, the perturbations' budgets, and tiny runs of
-the mixed table and the estimator check through the harness."""
+official analytic gradient, the exact two-Gaussian Bayes error, the perturbations' budgets, error-minimising
+noise resumed from a checkpoint, and tiny runs of the mixed table (its rerun reusing the stored stages, the
+stages keyed by what decides them) and the estimator check through the harness."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
+import common.run
+from common.experiment import ResumableState
 from common.run import execute
 from papers.unlearnable_bayes import (
+    ErrorMinimisingNoise,
     bayes_error_pga,
-    error_minimising_noise,
     kernel_bayes_error,
     kernel_posterior,
     knn_posterior,
@@ -109,18 +114,44 @@ def test_bayes_error_pga_ascends_within_budget():
     assert (result.x - x).abs().max() <= 0.1 + 1e-6 and result.x.min() >= 0 and result.x.max() <= 1
 
 
+def _error_minimising_noise(x: torch.Tensor, y: torch.Tensor, **options) -> ErrorMinimisingNoise:
+    torch.manual_seed(0)
+    return ErrorMinimisingNoise(
+        x, y, nn.Linear(8, 4), eps=0.3, step_size=0.03, lr=0.5, pgd_steps=10, train_steps=5, batch_size=64,
+        generator_seed=0, **options,
+    )  # fmt: skip
+
+
+def _fit_rounds(module: ErrorMinimisingNoise, rounds: int, checkpoints: Path | None = None, resume=None):
+    callbacks = []
+    if checkpoints is not None:
+        callbacks = [ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None), ResumableState()]
+    trainer = L.Trainer(
+        max_epochs=rounds, accelerator="cpu", logger=False, callbacks=callbacks,
+        enable_checkpointing=checkpoints is not None, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, ErrorMinimisingNoise.one_batch_per_round(), ckpt_path=resume)
+
+
 def test_error_minimising_noise_makes_data_easy_within_budget():
     torch.manual_seed(0)
     x = torch.rand(64, 8)
     y = torch.randint(0, 4, (64,))  # random labels: hard to fit without the noise
-    model = nn.Linear(8, 4)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    result = error_minimising_noise(
-        x, y, model, optimizer, eps=0.3, step_size=0.03, pgd_steps=10, train_steps=5, batch_size=64,
-        stop_error=0.01, max_rounds=30, generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
-    assert (result.x - x).abs().max() <= 0.3 + 1e-6
-    assert result.train_error < 0.3
+    noise = _error_minimising_noise(x, y, stop_error=0.01)
+    _fit_rounds(noise, 30)
+    assert (noise.perturbed - x).abs().max() <= 0.3 + 1e-6
+    assert noise.curves["train_error"][-1] < 0.3 and noise.rounds < 30  # stopped once the error was low
+
+
+def test_error_minimising_noise_resumes_as_if_uninterrupted(tmp_path: Path):
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 8), torch.randint(0, 4, (64,))
+    straight = _error_minimising_noise(x, y, stop_error=0.0)
+    _fit_rounds(straight, 4)
+    _fit_rounds(_error_minimising_noise(x, y, stop_error=0.0), 2, tmp_path)  # "killed" after round 2
+    resumed = _error_minimising_noise(x, y, stop_error=0.0)
+    _fit_rounds(resumed, 4, tmp_path, resume=tmp_path / "last.ckpt")
+    assert torch.equal(resumed.delta, straight.delta) and resumed.curves == straight.curves
 
 
 def _run(overrides: list[str], output_root: Path):
@@ -130,23 +161,31 @@ def _run(overrides: list[str], output_root: Path):
     return record
 
 
-def test_mixed_table_beo_run(output_root: Path):
-    record = _run(
-        [
-            "experiment=unlearnable_bayes/mixed",
-            "method=unlearnable_bayes_beo",
-            "trainer.max_epochs=2",
-            "protection.beo.rounds=1",
-            "protection.beo.steps_per_round=3",
-            "protection.beo.surrogate_epochs=1",
-        ],
-        output_root,
-    )
+def test_mixed_table_beo_run_reuses_its_stages(output_root: Path, monkeypatch: pytest.MonkeyPatch):
+    overrides = [
+        "experiment=unlearnable_bayes/mixed",
+        "method=unlearnable_bayes_beo",
+        "trainer.max_epochs=2",
+        "protection.beo.rounds=1",
+        "protection.beo.steps_per_round=3",
+        "protection.beo.surrogate_epochs=1",
+    ]
+    record = _run(overrides, output_root)
     metrics = record.metrics
     assert metrics["protection/linf"] <= 0.1 * 255 + 1e-3
     assert metrics["protection/protected_fraction"] == pytest.approx(0.5, abs=1e-3)
     assert metrics["beo/objective_end"] > metrics["beo/objective_start"]
     assert len(record.curves["val/acc"]) == 2 and len(record.curves["beo/be_hat"]) == 4
+    assert record.extra["stages_computed"] == ["beo_surrogate", "beo_round", "victim"]
+
+    # A rerun (a requeued task, a forced rerun) trains nothing: the round and the victim are read back.
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("a stored stage was trained again")
+
+    monkeypatch.setattr(common.run, "build_trainer", no_trainer)
+    rerun = _run([*overrides, "runtime.force=true"], output_root)
+    assert rerun.extra["stages_reused"] == ["beo_round", "victim"] and not rerun.extra["stages_computed"]
+    assert rerun.metrics == record.metrics and rerun.curves == record.curves
 
 
 def test_clean_only_drops_the_protected_share(output_root: Path):
@@ -173,3 +212,38 @@ def test_estimator_check_run(output_root: Path):
     )
     assert record.metrics["be_exact"] == pytest.approx(20.0)
     assert abs(record.metrics["be_hat"] - 20.0) < 5
+
+
+def test_stages_are_keyed_by_what_decides_them(output_root: Path):
+    error_min = [
+        "experiment=unlearnable_bayes/mixed",
+        "method=unlearnable_bayes_error_min",
+        "trainer.max_epochs=1",
+        "protection.error_min.max_rounds=2",
+        "protection.error_min.pgd_steps=2",
+        "protection.error_min.train_steps=2",
+    ]
+    first = _run(error_min, output_root)
+    assert first.extra["stages_computed"] == ["error_min_noise", "victim"]
+    assert 1 <= first.metrics["error_min/rounds"] <= 2
+
+    # The victim's schedule does not decide the noise: a longer victim reuses it (and gets the same data).
+    longer = _run([*error_min, "trainer.max_epochs=2"], output_root)
+    assert longer.extra["stages_reused"] == ["error_min_noise"] and longer.extra["stages_computed"] == [
+        "victim"
+    ]
+    protection = ("error_min/", "be_hat/", "protection/")
+    assert {k: v for k, v in longer.metrics.items() if k.startswith(protection)} == {
+        k: v for k, v in first.metrics.items() if k.startswith(protection)
+    }
+    # The budget does: a smaller eps (binding after 2 steps of 0.01) is new noise and a new victim.
+    smaller = _run([*error_min, "protection.eps=0.005"], output_root)
+    assert smaller.extra["stages_computed"] == ["error_min_noise", "victim"]
+    assert smaller.metrics["protection/linf"] <= 0.005 * 255 + 1e-3
+
+    # The victim is keyed by its training set: the clean row's two columns train on the same data, one fit.
+    clean = ["experiment=unlearnable_bayes/mixed", "method=unlearnable_bayes_none", "trainer.max_epochs=1"]
+    half = _run([*clean, "protection.protected_fraction=0.5"], output_root)
+    full = _run([*clean, "protection.protected_fraction=1.0"], output_root)
+    assert half.extra["stages_computed"] == ["victim"] and full.extra["stages_reused"] == ["victim"]
+    assert full.metrics["test/acc"] == half.metrics["test/acc"] and full.curves == half.curves
