@@ -6,6 +6,7 @@ the rest as one Hydra multirun (local, submitit_local or slurm launcher), then w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -57,6 +58,7 @@ class PlannedRun:
     config_hash: str
     paper_code_hash: str | None = None
     record: RunRecord | None = field(default=None, repr=False)
+    training: str = ""  # what the run trains (`training_key`): cells of one training share it
 
     @property
     def done(self) -> bool:
@@ -232,10 +234,33 @@ def plan(
                 Path(cfg.runtime.run_dir),
                 config_hash(cfg),
                 paper_code_hash,
+                training=training_key(cfg),
             )
             run.refresh()
             planned.append(run)
     return planned
+
+
+def training_key(cfg: DictConfig) -> str:
+    """A short hash of what a run trains (`common.lit.stages.training_config`: its config without where it
+    writes, which cell it fills and which metric it reports). Cells with one key are one training: columns
+    reporting several metrics of it, tables that share trainings (`shares_training_with`)."""
+    from common.lit.stages import training_config
+
+    text = json.dumps(training_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def training_waves(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """`runs` as launch waves: first one run per distinct training, then the runs that read a training another
+    run makes. With a parallel launcher (a SLURM array) the second wave finds every shared training stored
+    instead of waiting on it (or computing it twice); one wave when every run trains its own."""
+    first: dict[str, PlannedRun] = {}
+    for run in runs:
+        first.setdefault(run.training, run)
+    lead = list(first.values())
+    rest = [run for run in runs if first[run.training] is not run]
+    return [wave for wave in (lead, rest) if wave]
 
 
 def launch(
@@ -481,23 +506,36 @@ def reproduce(cfg: DictConfig) -> int:
     runs = plan(paper, all_tables, cfg.scale, seeds, common, rows, columns)
     chosen = {t.id for t in selected}
     to_run = [r for r in runs if r.table in chosen and (cfg.force or not r.done)]
+    trainings = len({run.training for run in to_run})
     console.print(
         f"{len(runs)} runs in {len(all_tables)} table(s) at scale [bold]{cfg.scale}[/bold], seeds {seeds}; "
         f"{len(runs) - len(to_run)} complete, {len(to_run)} to run"
+        + (f" ({trainings} distinct trainings)" if trainings < len(to_run) else "")
     )
     exit_code = 0
     if to_run:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         log_path = output_root / paper.key / cfg.scale / f"reproduce-{stamp}.log"
         sweep_dir = output_root / "multirun" / f"{paper.key}-{cfg.scale}-{stamp}"
+        # Locally runs go one after another, so the trainings simply come first; a parallel launcher gets them
+        # as a wave of their own.
+        waves = training_waves(to_run)
+        if cfg.launcher == "local":
+            waves = [[run for wave in waves for run in wave]]
         try:
-            code = launch(
-                to_run,
-                launcher=cfg.launcher,
-                log_path=log_path,
-                hydra_args=[str(a) for a in cfg.hydra_args],
-                sweep_dir=sweep_dir,
-            )
+            code, failed_log = 0, log_path
+            for number, wave in enumerate(waves, start=1):
+                suffix = f"-wave{number}" if len(waves) > 1 else ""
+                wave_log = log_path.with_name(f"{log_path.stem}{suffix}{log_path.suffix}")
+                wave_code = launch(
+                    wave,
+                    launcher=cfg.launcher,
+                    log_path=wave_log,
+                    hydra_args=[str(a) for a in cfg.hydra_args],
+                    sweep_dir=sweep_dir.with_name(sweep_dir.name + suffix),
+                )
+                if wave_code and not code:
+                    code, failed_log = wave_code, wave_log
         except KeyboardInterrupt:
             missing = sum(not r.done for r in (_refreshed(to_run)))
             console.print(
@@ -507,8 +545,8 @@ def reproduce(cfg: DictConfig) -> int:
         for run in to_run:
             run.refresh()
         if code != 0:
-            console.print(f"[red]the sweep exited with code {code}[/red]; its log: {log_path}")
-            console.print(_tail(log_path))
+            console.print(f"[red]the sweep exited with code {code}[/red]; its log: {failed_log}")
+            console.print(_tail(failed_log))
             exit_code = 1
     failed = [r for r in runs if r.record is not None and not r.record.complete]
     missing = [r for r in runs if r.table in chosen and r.record is None]

@@ -17,7 +17,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import register_resolvers
+from common.config import CONFIG_DIR, register_resolvers
 from common.errors import NonFiniteLossError, UserError
 from common.experiment import (
     build_datamodule,
@@ -55,15 +55,21 @@ def _check_config(cfg: DictConfig) -> None:
     ):
         choice = _experiment_choice()
         if choice:
+            folder = CONFIG_DIR / "papers" / choice.split("/")[0]
+            tables = sorted(p.stem for p in folder.glob("*.yaml") if p.name != "paper.yaml")
+            known = (
+                f"the tables of {folder.name}: {tables}"
+                if tables
+                else "a paper's tables: conf/papers/<paper>/"
+            )
             raise UserError(
-                f"experiment={choice} names no table: neither conf/papers/{choice}.yaml nor "
-                f"conf/papers/{choice}/{scale}.yaml exists (a paper's tables: conf/papers/<paper>/)"
+                f"experiment={choice} names no table: conf/papers/{choice}.yaml does not exist ({known})"
             )
         raise UserError("the run config has no table: choose one, experiment=<paper>/<table> (conf/papers/)")
     if OmegaConf.select(cfg, "data", default=None) is None:
         raise UserError(
-            f"the run config has no `data`: no {scale}-scale setup for this table "
-            f"(conf/papers/{cfg.paper}/{cfg.table}/{scale}.yaml)"
+            f"the run config has no `data`: table {cfg.paper}/{cfg.table} has no `{scale}:` section "
+            f"(conf/papers/{cfg.paper}/{cfg.table}.yaml)"
         )
 
 

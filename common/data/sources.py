@@ -88,19 +88,47 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets"))
 
 
-def load_hub_dataset(hub_id: str, *, cache_dir: str | None = None, **kwargs: Any) -> Any:
-    """`datasets.load_dataset(hub_id)`; when it is neither cached nor reachable, one error naming the dataset,
-    the cache directory and the command that fetches it."""
+def load_hub_dataset(
+    hub_id: str,
+    *,
+    name: str | None = None,
+    split: str | None = None,
+    columns: list[str] | None = None,
+    cache_dir: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """`datasets.load_dataset(hub_id, name, split=split)`, the one way every paper reads a hub dataset.
+
+    `columns` keeps only those columns (a named column that is missing is an error that lists the present
+    ones). With HF_HUB_OFFLINE=1 (a cluster without network) only the cache is read. When the dataset is
+    neither cached nor reachable: one error naming the dataset, its config and split, the cache directory and
+    the command that fetches it."""
     import datasets
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     try:
-        return datasets.load_dataset(hub_id, cache_dir=str(cache), **kwargs)
+        dataset = datasets.load_dataset(hub_id, name, split=split, cache_dir=str(cache), **kwargs)
     except Exception as err:  # datasets raises several types (ConnectionError, FileNotFoundError, ...)
+        arguments = ", ".join(
+            [repr(hub_id), *([repr(name)] if name else []), *([f"split={split!r}"] if split else [])]
+        )
+        offline = (
+            " (HF_HUB_OFFLINE is set: only the cache is read)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        )
+        which = f"{hub_id!r}{f' config {name!r}' if name else ''}{f' split {split!r}' if split else ''}"
         raise UserError(
-            f"dataset {hub_id!r} is not in the cache at {cache} and the HuggingFace hub could not be reached "
-            f"({type(err).__name__}). On a machine with network run:\n"
-            f"  python -c \"import datasets; datasets.load_dataset('{hub_id}', cache_dir='{cache}')\"\n"
+            f"dataset {which} is not in the cache at {cache} and the HuggingFace hub could not be "
+            f"reached{offline} "
+            f"({type(err).__name__}: {err}). On a machine with network run:\n"
+            f"  python -c \"import datasets; datasets.load_dataset({arguments}, cache_dir='{cache}')\"\n"
             f"then copy that cache here, or point to an existing copy with data.cache_dir=<dir> "
             f"(or HF_DATASETS_CACHE)."
         ) from err
+    if columns is not None:
+        present = dataset.column_names
+        present = present if isinstance(present, list) else next(iter(present.values()))
+        missing = sorted(set(columns) - set(present))
+        if missing:
+            raise UserError(f"dataset {hub_id!r} has no columns {missing}; its columns: {present}")
+        dataset = dataset.select_columns(list(columns))
+    return dataset

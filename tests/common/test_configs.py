@@ -27,19 +27,22 @@ TABLES = [
 ]
 
 
-def test_every_paper_config_parses():
-    """Every table of every paper has its config folder: conf/papers/<paper>/<table>.yaml or a folder of
-    per-scale files, with a file for each scale it runs at."""
+def test_every_table_is_one_file_with_a_section_per_scale():
+    """Every table of every paper is conf/papers/<paper>/<table>.yaml, with a config for each scale it runs at
+    (its own `<scale>:` section or the one of the table it shares trainings with); every such file is a table
+    of the paper's paper.yaml."""
+    from hydra_plugins.pnu_repro_tables.paper_tables import PaperTablesSource
+
+    source = PaperTablesSource("test", str(CONFIG_DIR / "papers"))
     assert available_papers(), "no paper configs found"
     for key in available_papers():
         spec = load_paper(key)
+        files = {p.stem for p in (CONFIG_DIR / "papers" / key).glob("*.yaml") if p.name != "paper.yaml"}
+        assert files == set(spec.tables), (key, sorted(files ^ set(spec.tables)))
         for table in spec.tables.values():
+            assert table.experiment == f"{key}/{table.id}"
             for scale in table.scales:
-                assert (CONFIG_DIR / "papers" / table.experiment / f"{scale}.yaml").exists(), (
-                    key,
-                    table.id,
-                    scale,
-                )
+                assert source.is_config(f"table_scale/{key}/{table.id}/{scale}"), (key, table.id, scale)
 
 
 def test_every_config_file_sets_something():

@@ -42,7 +42,8 @@ def test_large_t_keeps_almost_no_signal():
     linear schedule (T = 1000) x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps keeps sqrt(abar_t) of the image,
     about 0.95, 0.72, 0.28 and 0.02 at t = 90, 250, 500, 900 (the t_block table's notes), so two different
     images noised with the same eps at t = 900 differ by about 2% of their difference."""
-    model = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf/model/diffusion_cls_unet_mini.yaml"))
+    paper_conf = REPO_ROOT / "conf/papers/diffusion_cls"
+    model = OmegaConf.to_container(OmegaConf.load(paper_conf / "model/diffusion_cls_unet_mini.yaml"))
     scheduler = build_scheduler(model)
     signal = scheduler.alphas_cumprod.sqrt()
     for t, expected in ((90, 0.95), (250, 0.72), (500, 0.28), (900, 0.02)):
@@ -54,7 +55,7 @@ def test_large_t_keeps_almost_no_signal():
     assert gap.abs().max().item() < 0.05
     # best_feature's accuracy drop at large t is taken at the grid's largest t, 0.9 T (the catalog's t = 90
     # of T = 100).
-    best_feature = OmegaConf.load(REPO_ROOT / "conf/experiment/diffusion_cls/best_feature.yaml")
+    best_feature = OmegaConf.load(paper_conf / "best_feature.yaml")
     assert max(best_feature.method.select.timesteps) == 0.9 * model["scheduler"]["num_train_timesteps"]
 
 
