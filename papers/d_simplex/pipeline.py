@@ -155,7 +155,8 @@ class Scenario:
         node = OmegaConf.select(cfg, "iamcl2r")
         if node is None:
             raise UserError(
-                "the d-Simplex pipeline needs an `iamcl2r` block (see conf/table_scale/d_simplex/)"
+                "the d-Simplex pipeline needs an `iamcl2r` block in the table's scale section "
+                "(see conf/papers/d_simplex/iamcl2r.yaml)"
             )
         raw = OmegaConf.to_container(node, resolve=True)
         scenario = cls(**raw)

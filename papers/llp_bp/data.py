@@ -22,6 +22,7 @@ import lightning as L
 import numpy as np
 from sklearn.datasets import make_classification
 
+from common.data.sources import load_hub_dataset
 from common.data.weak_labels import Bags, make_bags
 from common.errors import UserError
 from common.registry import register_datamodule
@@ -101,15 +102,7 @@ class LLPTabularDataModule(L.LightningDataModule):
     def _adult(self) -> tuple[np.ndarray, np.ndarray]:
         import pandas as pd
 
-        try:
-            from datasets import load_dataset
-
-            frame = load_dataset(self.hub_id, split="train", cache_dir=self.cache_dir).to_pandas()
-        except Exception as err:  # offline without a cache, or a hub error
-            raise UserError(
-                f"could not load the Adult table {self.hub_id!r} from the HuggingFace hub ({err}); go online "
-                "once or point runtime.cache_dir / HF_DATASETS_CACHE at a cache that holds it"
-            ) from err
+        frame = load_hub_dataset(self.hub_id, split="train", cache_dir=self.cache_dir).to_pandas()
         y = (frame.pop(self.target_column).astype(str).str.strip() == self.positive_value).to_numpy()
         categorical = [c for c in frame.columns if frame[c].dtype == object]
         x = pd.get_dummies(frame, columns=categorical, dtype=np.float64).to_numpy(np.float64)
