@@ -5,6 +5,12 @@ source and reports nDCG@10 (and MAP@10, recall@10) of the ranker on held-out que
 relevance (every relevant document counts, judged or not). The mini scale trains bilinear scorers full-batch
 on the simulated collection (papers/cet/simulation.py); the paper scale trains BERT-architecture
 cross-encoders on MS MARCO (papers/cet/text.py).
+
+Every training is a cached stage (`context.stages.fit`): at the mini scale the stage `ranker`
+(papers/cet/module.py, one Lightning epoch per point of the test curve, so a killed run resumes from the
+last one and a rerun reads the trained scorers back); the paper scale's stages are in papers/cet/text.py.
+The simulated collection and the training pairs are not a stage: the datamodule draws them from the data
+config and seed in under a second, about what reading them back would take.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from common.errors import UserError
 from common.eval.ranking import ranking_metrics
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from papers.cet.coupled import BilinearScorer, coupled_losses, pairwise_softmax_loss
+from papers.cet.coupled import BilinearScorer
+from papers.cet.module import BilinearRankers, StepBatches
 from papers.cet.simulation import PooledRetrievalDataModule
 
 ESTIMATORS = ("naive", "cet")
 LABELS = ("judged", "true")
+# Data keys that do not change what the mini rankers train on (training is full-batch on in-memory tensors).
+LOADER_KEYS = ("batch_size", "num_workers", "cache_dir")
 
 
 class RankerTrainingPipeline(Pipeline):
@@ -50,8 +59,27 @@ class RankerTrainingPipeline(Pipeline):
             int(steps),
             float(lr),
             float(weight_decay),
-            eval_every,
+            int(eval_every or 0),
         )
+
+    def ranker_config(self, cfg: Any) -> dict[str, Any]:
+        """What decides the mini stage `ranker` (the trained scorers and their curve): the data config (the
+        collection, the column's retriever, the mining) without its loader keys, the method's parameters
+        (T only for CET) and the run's seed (which seeds the collection)."""
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        for key in LOADER_KEYS:
+            data.pop(key, None)
+        method = {
+            "estimator": self.estimator,
+            "labels": self.labels,
+            "steps": self.steps,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "eval_every": self.eval_every,
+        }
+        if self.estimator == "cet":
+            method["debias_ratio"] = self.debias_ratio
+        return {"data": data, "method": method, "seed": int(cfg.seed)}
 
     def run(self, context: RunContext) -> dict[str, float]:
         datamodule = context.datamodule
@@ -74,39 +102,46 @@ class RankerTrainingPipeline(Pipeline):
         n_train = collection.num_train_queries
         test_relevance = torch.from_numpy(collection.relevance[n_train:])
 
-        torch.manual_seed(int(context.cfg.seed))
-        relevance_model = BilinearScorer(queries.shape[1])
-        selection_model = BilinearScorer(queries.shape[1])
-        params = list(relevance_model.parameters())
-        if self.estimator == "cet":
-            params += list(selection_model.parameters())
-        # Adam's decoupled per-parameter state: the two models' updates do not interact.
-        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        curve: list[float] = []
-        running_loss = torch.zeros(())
-        for step in range(self.steps):
-            relevance_pos, relevance_neg = relevance_model(q, pos), relevance_model(q, neg)
-            if self.estimator == "cet":
-                relevance_loss, selection_loss = coupled_losses(
-                    relevance_pos,
-                    relevance_neg,
-                    selection_model(q, pos),
-                    selection_model(q, neg),
-                    self.debias_ratio,
-                )
-                loss = relevance_loss + selection_loss
-            else:
-                loss = pairwise_softmax_loss(relevance_pos, relevance_neg).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running_loss = running_loss + loss.detach()
-            # Checked every 50 steps and at the end, not per step (a host sync each time).
-            if ((step + 1) % 50 == 0 or step + 1 == self.steps) and not torch.isfinite(running_loss):
-                raise FloatingPointError(f"non-finite loss by step {step}")
-            if self.eval_every and (step + 1) % self.eval_every == 0:
-                curve.append(self._test_ndcg(relevance_model, queries[n_train:], documents, test_relevance))
-        context.curves["test/ndcg@10"] = curve
+        def test_ndcg(model: BilinearScorer) -> float:
+            return self._test_ndcg(model, queries[n_train:], documents, test_relevance)
+
+        def make_module() -> BilinearRankers:
+            torch.manual_seed(int(context.cfg.seed))  # as the loop before (the scorers start at zero)
+            return BilinearRankers(
+                queries.shape[1],
+                coupled=self.estimator == "cet",
+                debias_ratio=self.debias_ratio,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                eval_every=self.eval_every,
+                test_ndcg=test_ndcg,
+            )
+
+        # One epoch per point of the test curve (a checkpoint each), every step on all pairs.
+        training_data = StepBatches(lambda step: (q, pos, neg), self.steps, self.eval_every or self.steps)
+        # The method's own full-batch schedule on the CPU tensors above, whatever the trainer config says.
+        overrides = {
+            "accelerator": "cpu",
+            "devices": 1,
+            "precision": "32-true",
+            "gradient_clip_val": None,
+            "accumulate_grad_batches": 1,
+            "limit_train_batches": None,
+            **training_data.trainer_overrides(),
+        }
+        if context.stages is None:
+            module = make_module()
+            context.make_trainer(**overrides).fit(module, datamodule=training_data)
+        else:
+            module = context.stages.fit(
+                "ranker",
+                self.ranker_config(context.cfg),
+                make_module,
+                trainer_overrides=overrides,
+                datamodule=training_data,
+            )
+        relevance_model, selection_model = module.relevance_model, module.selection_model
+        context.curves["test/ndcg@10"] = module.curves["test/ndcg@10"]
 
         with torch.no_grad():
             scores = relevance_model.score_matrix(queries[n_train:], documents)

@@ -1,15 +1,18 @@
 """CET (papers/cet): the coupled losses against hand-computed values and autograd, the pooled-collection
-generator's exact properties, the training pairs, and one run of each method at both scales (tiny,
-offline)."""
+generator's exact properties, the training pairs, the stages' configs, and one run of each method at both
+scales (tiny, offline), rerun to check that the stages are reused with identical metrics."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from common.errors import UserError
 from common.run import execute
@@ -21,7 +24,14 @@ from papers.cet import (
     pairwise_softmax_loss,
     training_triples,
 )
-from papers.cet.text import build_cross_encoder
+from papers.cet.module import BilinearRankers
+from papers.cet.pipeline import (
+    CoupledEstimationTraining,
+    NaiveRankerTraining,
+    OracleRankerTraining,
+    method_params,
+)
+from papers.cet.text import MsMarcoTriplesDataModule, build_cross_encoder
 from tests.conftest import compose
 
 SMALL = dict(
@@ -126,38 +136,112 @@ def test_training_triples_labels():
         )
 
 
+def _execute(overrides: list[str], tmp_path: Path):
+    base = ["experiment=cet/negatives_by_retriever", "logger=none", "runtime.progress=false"]
+    return execute(compose([*base, f"runtime.output_root={tmp_path}", *overrides]))
+
+
 def _run(overrides: list[str], tmp_path: Path):
-    cfg = compose(
-        [
-            "experiment=cet/negatives_by_retriever",
-            "logger=none",
-            "runtime.progress=false",
-            f"runtime.output_root={tmp_path}",
-            *overrides,
-        ]
-    )
-    record = execute(cfg)
+    record = _execute(overrides, tmp_path)
     assert record.complete, record.reason
-    return record.metrics
+    return record
+
+
+MINI = ["data.source=random", "data.retriever=dense_strong", "method.steps=20", "method.eval_every=10"]
 
 
 @pytest.mark.parametrize("method", ["cet_naive", "cet", "cet_oracle"])
 def test_mini_methods_run_on_a_tiny_collection(method: str, tmp_path: Path):
-    metrics = _run(
-        [
-            f"method={method}",
-            "data.source=random",
-            "data.retriever=dense_strong",
-            "method.steps=20",
-            "method.eval_every=10",
-        ],
-        tmp_path,
-    )
+    record = _run([f"method={method}", *MINI], tmp_path)
+    metrics = record.metrics
     assert 0.0 <= metrics["test/ndcg@10"] <= 100.0
+    assert len(record.curves["test/ndcg@10"]) == 2  # every eval_every=10 of the 20 steps
+    assert record.extra["stages_computed"] == ["ranker"]
     if method == "cet_oracle":
         assert metrics["train/false_negative_rate"] == 0.0
     if method == "cet":
         assert metrics["train/cet_weight_mean"] >= 1.0
+        # A second run reads the trained scorers back from the stage: same metrics and curve, bit for bit.
+        again = _run([f"method={method}", *MINI, "runtime.force=true"], tmp_path)
+        assert again.extra["stages_computed"] == [] and again.extra["stages_reused"] == ["ranker"]
+        assert again.metrics == metrics and again.curves == record.curves
+
+
+def test_mini_ranker_resumes_after_a_kill_as_if_uninterrupted(tmp_path: Path, monkeypatch):
+    """A run killed after the first epoch of its `ranker` stage resumes it from the stage's checkpoint and
+    ends with the metrics and the whole curve of an uninterrupted run."""
+    overrides = ["method=cet", *MINI, "method.steps=25"]  # epochs of 10, 10 and 5 steps
+    whole = _run(overrides, tmp_path / "whole")
+    end_of_epoch = BilinearRankers.on_train_epoch_end
+
+    def killed_in_epoch_1(self):
+        end_of_epoch(self)
+        if self.current_epoch == 1:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(BilinearRankers, "on_train_epoch_end", killed_in_epoch_1)
+    killed = _execute(overrides, tmp_path / "killed")
+    assert not killed.complete and list((tmp_path / "killed" / "stages").glob("cet/ranker/*/checkpoints"))
+    monkeypatch.setattr(BilinearRankers, "on_train_epoch_end", end_of_epoch)
+    resumed = _run(overrides, tmp_path / "killed")
+    assert resumed.extra["stages_computed"] == ["ranker"]
+    assert resumed.metrics == whole.metrics and resumed.curves == whole.curves
+    assert len(whole.curves["test/ndcg@10"]) == 2  # at steps 10 and 20
+
+
+def test_ranker_stage_config_holds_what_decides_the_rankers():
+    cfg = compose(["experiment=cet/negatives_by_retriever", "method=cet", "data.retriever=dense_strong"])
+    params = method_params(cfg)
+
+    def ranker_config(*updates: tuple[str, Any], method: type = CoupledEstimationTraining, **changed: Any):
+        run_cfg = copy.deepcopy(cfg)
+        for key, value in updates:
+            OmegaConf.update(run_cfg, key, value)
+        return method(**{**params, **changed}).ranker_config(run_cfg)
+
+    config = ranker_config()
+    assert config["data"]["retriever"] == "dense_strong" and config["seed"] == cfg.seed
+    assert config["method"]["debias_ratio"] == 10.0 and config["method"]["labels"] == "judged"
+    assert "batch_size" not in config["data"]
+    assert "debias_ratio" not in ranker_config(method=NaiveRankerTraining)["method"]  # naive ignores T
+    # What changes the trained scorers changes the stage...
+    for changed in (
+        ranker_config(("data.retriever", "dense_mid")),
+        ranker_config(("data.pool_depth", 20)),
+        ranker_config(("seed", cfg.seed + 1)),
+        ranker_config(debias_ratio=1.0),
+        ranker_config(steps=100),
+        ranker_config(method=NaiveRankerTraining),
+        ranker_config(method=OracleRankerTraining),
+    ):
+        assert changed != config
+    # ...and what does not (the cell's labels, the logger, where the run writes, loader keys) does not.
+    assert config == ranker_config(
+        ("cell.row", "other"),
+        ("logger.kind", "none"),
+        ("runtime.output_root", "/elsewhere"),
+        ("data.num_workers", 2),
+    )
+
+
+def test_paper_scale_stage_configs_hold_the_run_file_content(tmp_path: Path):
+    lexical, dense = tmp_path / "lexical.tsv", tmp_path / "dense.tsv"
+    lexical.write_text("0\t1\n0\t2\n")
+    dense.write_text("0\t2\n0\t1\n")
+    runs = {"lexical": str(lexical), "dense_strong": str(dense), "dense_mid": None}
+    column = MsMarcoTriplesDataModule(retriever="lexical", runs=runs)
+    other = MsMarcoTriplesDataModule(retriever="dense_strong", runs=runs)
+    pairs = column.pairs_config("judged")
+    assert pairs != other.pairs_config("judged") and pairs != column.pairs_config("true")
+    assert column.lists_config() == other.lists_config()  # every column re-ranks the same lists
+    assert "run_sha256" not in column.lists_config()
+    # Loader settings do not decide the tokenized pairs; the run file's content does.
+    loader = MsMarcoTriplesDataModule(retriever="lexical", runs=runs, batch_size=16, num_workers=2)
+    assert loader.pairs_config("judged") == pairs
+    lexical.write_text("0\t3\n")
+    assert column.pairs_config("judged") != pairs
+    with pytest.raises(UserError, match="no run file"):
+        MsMarcoTriplesDataModule(retriever="dense_mid", runs=runs).pairs_config("judged")
 
 
 def test_cross_encoder_is_a_one_output_bert_classifier_and_ignores_padding():
@@ -185,19 +269,24 @@ def test_cross_encoder_is_a_one_output_bert_classifier_and_ignores_padding():
     torch.testing.assert_close(encoder(padded, padded_types, padded_mask), scores, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["cet_naive", "cet"])
-def test_paper_scale_one_step_on_random_tokens(method: str, tmp_path: Path):
-    metrics = _run(
-        [
-            f"method={method}",
-            "scale=paper",
-            "data.source=random",
-            "data.batch_size=8",
-            "+trainer.limit_train_batches=1",
-            "trainer.accelerator=cpu",
-            "trainer.precision=32-true",
-            "runtime.checkpoint=false",
-        ],
-        tmp_path,
-    )
-    assert 0.0 <= metrics["test/ndcg@10"] <= 100.0
+def test_paper_scale_one_step_on_random_tokens_and_stage_reuse(tmp_path: Path):
+    paper = [
+        "scale=paper",
+        "data.source=random",
+        "data.batch_size=8",
+        "+trainer.limit_train_batches=1",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "runtime.checkpoint=false",
+    ]
+    naive = _run(["method=cet_naive", *paper], tmp_path)
+    assert 0.0 <= naive.metrics["test/ndcg@10"] <= 100.0
+    assert naive.extra["stages_computed"] == ["pairs", "eval_lists", "cross_encoders"]
+    # CET trains on the same column's tokenized pairs and lists: it reuses them and fits its own encoders.
+    coupled = _run(["method=cet", *paper], tmp_path)
+    assert 0.0 <= coupled.metrics["test/ndcg@10"] <= 100.0
+    assert coupled.extra["stages_reused"] == ["pairs", "eval_lists"]
+    assert coupled.extra["stages_computed"] == ["cross_encoders"]
+    again = _run(["method=cet", *paper, "runtime.force=true"], tmp_path)
+    assert again.extra["stages_reused"] == ["pairs", "eval_lists", "cross_encoders"]
+    assert again.metrics == coupled.metrics
