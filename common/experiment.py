@@ -127,6 +127,12 @@ def build_trainer(
             dirpath=str(directory), filename="last", monitor=None, save_top_k=1, enable_version_counter=False
         )
         callbacks += [latest, ResumableState()]
+        max_steps = params.get("max_steps")
+        if max_steps is not None and int(max_steps) >= 0:
+            # Lightning (2.6) resumes a fit with `max_steps` from an end-of-epoch checkpoint as if inside
+            # that epoch (one batch too many, an epoch lost); the limit as a callback resumes by epochs.
+            params["max_steps"] = -1
+            callbacks.append(StopAtStep(int(max_steps)))
     if cfg.runtime.progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -144,6 +150,23 @@ def build_trainer(
         default_root_dir=str(run_dir) if run_dir else None,
         **params,
     )
+
+
+class StopAtStep(L.Callback):
+    """Ends the fit after `max_steps` optimiser steps, as the Trainer's `max_steps` does (mid-epoch too)."""
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = max_steps
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if trainer.global_step >= self.max_steps:
+            trainer.should_stop = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._check(trainer)
 
 
 def slurm_environment() -> Any:

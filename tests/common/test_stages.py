@@ -191,6 +191,41 @@ def test_a_resumed_fit_equals_an_uninterrupted_one_curves_included(tmp_path: Pat
     assert torch.equal(resumed.layer.weight, whole.layer.weight)
 
 
+@pytest.mark.parametrize("max_epochs", [-1, 4])
+def test_a_fit_limited_by_steps_resumes_as_an_uninterrupted_one(tmp_path: Path, max_epochs: int):
+    """A fit with `trainer.max_steps` (16 steps = 4 epochs of 4 batches) killed at the start of its third
+    epoch and resumed from last.ckpt ends where the uninterrupted fit ends: same steps, weights and curve
+    (Lightning's own max_steps would resume one batch off and lose an epoch)."""
+    from omegaconf import OmegaConf
+
+    from common.experiment import build_trainer
+    from tests.common.stages_worker import Regression, regression_loader
+
+    class Kill(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise RuntimeError("killed")
+
+    trainer_cfg = {"accelerator": "cpu", "max_epochs": max_epochs, "max_steps": 16}
+    cfg = OmegaConf.create({"trainer": trainer_cfg, "runtime": {"checkpoint": False, "progress": False}})
+    torch.manual_seed(0)
+    whole = Regression("whole", tmp_path / "log", 0.0)
+    straight = build_trainer(cfg, tmp_path, checkpoint_dirpath=tmp_path / "a")
+    straight.fit(whole, regression_loader(shuffle=True))
+
+    torch.manual_seed(0)
+    killed = build_trainer(cfg, tmp_path, checkpoint_dirpath=tmp_path / "b")
+    killed.callbacks.append(Kill())
+    with pytest.raises(RuntimeError, match="killed"):
+        killed.fit(Regression("first", tmp_path / "log", 0.0), regression_loader(shuffle=True))
+    torch.manual_seed(123)
+    resumed = Regression("resumed", tmp_path / "log", 0.0)
+    again = build_trainer(cfg, tmp_path, checkpoint_dirpath=tmp_path / "b")
+    again.fit(resumed, regression_loader(shuffle=True), ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert again.global_step == straight.global_step == 16
+    assert resumed.curves == whole.curves and torch.equal(resumed.layer.weight, whole.layer.weight)
+
+
 def test_training_metrics_are_shared_by_cells_that_train_the_same_config(tmp_path: Path):
     from omegaconf import OmegaConf
 
