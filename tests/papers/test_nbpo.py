@@ -1,6 +1,7 @@
 """NBPO: the surrogate loss reproduces the official hand-written gradients, BPR/BPO/NBPO losses match hand
 computations, the samplers never draw voted items, the ranking evaluation matches a hand count, and every
-method runs through the harness, its training a stage shared by the columns of one training."""
+method runs through the harness, its training a stage shared by the columns of one training, and its Lightning
+fit (stage `mf`) resumes after a kill as if uninterrupted."""
 
 from __future__ import annotations
 
@@ -260,7 +261,7 @@ def test_a_pipeline_without_stages_trains_directly(output_root: Path):
     """Called outside the runner (no `context.stages`), a pipeline trains and fills the curves itself."""
     from omegaconf import OmegaConf
 
-    from common.experiment import build_datamodule
+    from common.experiment import build_datamodule, build_trainer
     from common.lit import RunContext
     from common.registry import lookup
 
@@ -268,7 +269,100 @@ def test_a_pipeline_without_stages_trains_directly(output_root: Path):
     record = execute(cfg)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
-    context = RunContext(cfg=cfg, datamodule=datamodule, make_module=None, make_trainer=None)
+    make_trainer = lambda **kw: build_trainer(cfg, checkpoint=False, **kw)  # noqa: E731
+    context = RunContext(cfg=cfg, datamodule=datamodule, make_module=None, make_trainer=make_trainer)
     params = {key: value for key, value in OmegaConf.to_container(cfg.method).items() if key != "name"}
     metrics = lookup("method", cfg.method.name)(**params).run(context)
     assert metrics == record.metrics and context.curves == record.curves
+
+
+def _stored_fits(output_root: Path) -> list[Path]:
+    return sorted((output_root / "stages" / "nbpo" / "mf").glob("*/result.pt"))
+
+
+def test_the_fit_stage_resumes_after_a_kill_and_is_reused_as_if_uninterrupted(tmp_path: Path, monkeypatch):
+    """A run killed at the end of the second epoch of its `mf` stage resumes from the stage's last
+    checkpoint (the end of the first epoch: weights, the module's generator, the loss window, the curves)
+    and ends with the metrics and curves of an uninterrupted run, bit for bit; a rerun whose training stage
+    is gone reads the stored fit back, again bit for bit."""
+    from papers.nbpo.pipeline import SampledMF
+
+    overrides = _tiny_run_overrides("NBPO", tmp_path / "whole")
+    whole = execute(compose(overrides))
+    assert whole.complete and whole.extra["stages_computed"] == ["mf", "training"]
+    end_of_epoch = SampledMF.on_train_epoch_end
+
+    def killed_in_epoch_1(self):
+        end_of_epoch(self)
+        if self.current_epoch == 1:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(SampledMF, "on_train_epoch_end", killed_in_epoch_1)
+    killed_overrides = _tiny_run_overrides("NBPO", tmp_path / "killed")
+    killed = execute(compose(killed_overrides))
+    assert not killed.complete and list(
+        (tmp_path / "killed" / "stages").glob("nbpo/mf/*/checkpoints/last.ckpt")
+    )
+    monkeypatch.setattr(SampledMF, "on_train_epoch_end", end_of_epoch)
+    resumed = execute(compose(killed_overrides))
+    assert resumed.complete and resumed.extra["stages_computed"] == ["mf", "training"]
+    assert resumed.metrics == whole.metrics and resumed.curves == whole.curves
+    assert len(whole.curves["test/ndcg@5"]) == 3
+    assert not list((tmp_path / "killed" / "stages").glob("nbpo/mf/*/checkpoints"))  # removed once stored
+
+    # a rerun without the training stage (metrics) rebuilds the module from the stored fit: no training
+    (fit,) = _stored_fits(tmp_path / "whole")
+    fit_written = fit.stat().st_mtime_ns
+    for stored in (tmp_path / "whole" / "stages" / "nbpo" / "training").glob("*/result.pt"):
+        stored.unlink()
+    rerun = execute(compose([*overrides, "runtime.force=true"]))
+    assert rerun.extra["stages_computed"] == ["training"] and rerun.extra["stages_reused"] == ["mf"]
+    assert rerun.metrics == whole.metrics and rerun.curves == whole.curves
+    assert fit.stat().st_mtime_ns == fit_written
+
+
+def test_the_lightning_fit_matches_the_former_hand_written_loop():
+    """`SampledMF` under a Trainer takes the steps of the former loop (kept here as the reference): sample,
+    forward, zero_grad, backward, SGD step, lr x lr_decay before each epoch; same numbers, bit for bit."""
+    from common.data.feedback import make_implicit_feedback
+    from papers.nbpo.pipeline import _pair_logits
+
+    feedback = make_implicit_feedback(40, 30, seed=2, rank=3, zipf_exponent=0.5, exposure_power=0.5)
+    options = dict(dim=4, flip_dim=3, epochs=3, batch_size=64, lr=0.05, seed=5)
+    for objective, sampler, shuffle in (("nbpo", "uniform", True), ("bpr", "popularity", False)):
+        gen = torch.Generator().manual_seed(options["seed"])
+        voted = torch.as_tensor(feedback.clicks > 0)
+        pair_users, pair_items = voted.nonzero(as_tuple=True)
+        model = preference_model(40, 30, options["dim"], gen)
+        groups = [{"params": list(model.parameters()), "weight_decay": 1.0}]
+        flip = FlipFactorization(40, 30, options["flip_dim"], gen) if objective == "nbpo" else None
+        if flip is not None:
+            groups.append({"params": list(flip.parameters()), "weight_decay": 5.0})
+        optimizer = torch.optim.SGD(groups, lr=options["lr"])
+        weights = popularity_weights(voted) if sampler == "popularity" else None
+        rate = options["lr"]
+        for _ in range(options["epochs"]):
+            rate *= 0.99
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            order = (
+                torch.randperm(len(pair_users), generator=gen) if shuffle else torch.arange(len(pair_users))
+            )
+            for start in range(0, len(pair_users), options["batch_size"]):
+                index = order[start : start + options["batch_size"]]
+                users, items = pair_users[index], pair_items[index]
+                negatives = sample_unvoted(users, voted, 4, gen, weights)
+                pos, neg = _pair_logits(model.users, model.items, users, items, negatives)
+                if flip is None:
+                    loss = bpr_loss(pos, neg)
+                else:
+                    pos_flip, neg_flip = _pair_logits(flip.users, flip.items, users, items, negatives)
+                    loss = nbpo_surrogate_loss(pos, pos_flip, neg, neg_flip)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        expected = evaluate_scores(model.score_all().detach(), feedback, [5])
+        metrics, _ = train_sampled_mf(
+            feedback, objective=objective, sampler=sampler, shuffle=shuffle, ks=(5,), **options
+        )
+        assert {k: metrics[k] for k in expected} == expected, objective
