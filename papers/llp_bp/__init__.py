@@ -11,7 +11,7 @@ from papers.llp_bp.gibbs import (
     llp_bp_mrf,
     matern_half,
 )
-from papers.llp_bp.learners import TabularMLP, dllp_loss, easyllp_loss, train_classifier
+from papers.llp_bp.learners import ClassifierFit, TabularMLP, dllp_loss, easyllp_loss
 from papers.llp_bp.pipeline import (
     BagPriorPipeline,
     DLLPPipeline,
@@ -23,6 +23,7 @@ from papers.llp_bp.pipeline import (
 __all__ = [
     "BagPriorPipeline",
     "BinaryPairwiseMRF",
+    "ClassifierFit",
     "DLLPPipeline",
     "EasyLLPPipeline",
     "LLPBPPipeline",
@@ -40,5 +41,4 @@ __all__ = [
     "log_score",
     "loopy_bp_marginals",
     "matern_half",
-    "train_classifier",
 ]

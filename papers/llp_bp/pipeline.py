@@ -17,6 +17,8 @@ and accuracy of the hard ones against the hidden labels) is reported by the LLP-
 `<output_root>/stages/llp_bp/<method>/<key>/` and keyed by everything that decides them (`stage_config`: the
 method's parameters, the data split, model, optimiser, schedule and seed), so the pseudo-label table reads the
 runs of the AUC table and the `llp_bp_val_select` candidates reuse the `llp_bp` runs.
+Inside a run every MLP fit is the stage `classifier` (`ClassifierFit`, a Lightning fit checkpointed every
+epoch, so a killed paper-scale run resumes the fit it was in; `fit`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import OmegaConf
 
 from common.errors import UserError
@@ -36,13 +39,13 @@ from papers.llp_bp.bp import loopy_bp_marginals
 from papers.llp_bp.data import LLPTabularDataModule
 from papers.llp_bp.gibbs import knn_similarity_graph, llp_bp_mrf
 from papers.llp_bp.learners import (
+    ClassifierFit,
     Schedule,
     TabularMLP,
     auc_percent,
     dllp_loss,
     easyllp_loss,
     predict_proba,
-    train_classifier,
 )
 
 
@@ -121,39 +124,52 @@ class LLPPipeline(Pipeline):
         self, x: torch.Tensor, targets: torch.Tensor, name: str, seed_offset: int = 0
     ) -> tuple[TabularMLP, dict[str, float]]:
         """A fresh MLP trained with BCE on per-instance targets in [0, 1]; its validation and test AUC."""
-        model = self.new_model()
 
         def loss(m: TabularMLP, ids: torch.Tensor) -> torch.Tensor:
             return F.binary_cross_entropy_with_logits(m(x[ids]), targets[ids])
 
-        return model, self.fit(model, loss, len(x), self.schedule().batch_size, name, seed_offset)
+        return self.fit(loss, len(x), self.schedule().batch_size, name, seed_offset)
 
     def fit(
         self,
-        model: TabularMLP,
         loss: Any,
         num_units: int,
         units_per_batch: int,
         name: str,
         seed_offset: int = 0,
-    ) -> dict[str, float]:
-        valid = self.tensors("valid")
-        curve = train_classifier(
-            model,
-            loss,
-            num_units,
-            max(1, units_per_batch),
-            valid,
-            self.schedule(),
-            seed=int(self.context.cfg.seed) * 1000 + seed_offset,
-        )
+    ) -> tuple[TabularMLP, dict[str, float]]:
+        """A fresh MLP trained on `loss` (`ClassifierFit`) as the stage `classifier`, keyed by the run's
+        `fit_config` and `name`; the trained MLP and its test AUC, best validation AUC and epochs."""
+        valid, schedule = self.tensors("valid"), self.schedule()
+        seed = int(self.context.cfg.seed) * 1000 + seed_offset
+        overrides = ClassifierFit.trainer_overrides(schedule)
+
+        def make_module() -> ClassifierFit:
+            model = self.new_model()  # the run's random state, as before the fit
+            return ClassifierFit(
+                model, loss, num_units, max(1, units_per_batch), valid, schedule, seed=seed, log_name=name
+            )
+
+        stages = self.context.stages
+        if stages is None:  # outside the runner: the same fit, not stored
+            module = make_module()
+            with isolate_rng():
+                self.context.make_trainer(**overrides).fit(module)
+        else:
+            config = {"run": self.fit_config(), "fit": name, "seed": seed}
+            module = stages.fit("classifier", config, make_module, trainer_overrides=overrides, seed=seed)
+        curve = list(module.curves["valid_auc"])
         self.context.curves[f"{name}/valid_auc"] = curve
         test_x, test_y = self.tensors("test")
-        return {
-            "test/auc": auc_percent(test_y, predict_proba(model, test_x)),
+        return module.model, {
+            "test/auc": auc_percent(test_y, predict_proba(module.model, test_x)),
             "valid/auc": max(curve),
             "train/epochs": float(len(curve)),
         }
+
+    def fit_config(self) -> dict[str, Any]:
+        """What decides this run's classifier fits besides their name and seed: the run's `stage_config`."""
+        return self.stage_config(self.params)
 
 
 @register_method("llp_bp")
@@ -229,6 +245,11 @@ class LLPBPPipeline(LLPPipeline):
                     covariates = model.embed(x).numpy().astype(np.float64)
         return metrics
 
+    def fit_config(self) -> dict[str, Any]:
+        """Round r's classifier does not depend on the rounds after it: the run without refinement shares
+        round 0's fit (when its own stage is missing, e.g. deleted, it recomputes only BP)."""
+        return self.stage_config({k: v for k, v in self.params.items() if k != "refinement_rounds"})
+
     def store_as_run_without_refinement(self, first_round: dict[str, float]) -> None:
         """Round 0 is exactly the run without refinement (same seeds): store it as that run's stage."""
         stages = self.context.stages
@@ -285,8 +306,7 @@ class DLLPPipeline(LLPPipeline):
             ids = members[bags]
             return dllp_loss(model(x[ids.reshape(-1)]).reshape(ids.shape), proportions[bags])
 
-        model = self.new_model()
-        return self.fit(model, loss, len(members), self.schedule().batch_size // k, "dllp")
+        return self.fit(loss, len(members), self.schedule().batch_size // k, "dllp")[1]
 
 
 @register_method("llp_bp_easyllp")
@@ -305,8 +325,7 @@ class EasyLLPPipeline(LLPPipeline):
         def loss(model: TabularMLP, ids: torch.Tensor) -> torch.Tensor:
             return easyllp_loss(model(x[ids]), alpha[ids], k, prior)
 
-        model = self.new_model()
-        return self.fit(model, loss, len(x), self.schedule().batch_size, "easyllp")
+        return self.fit(loss, len(x), self.schedule().batch_size, "easyllp")[1]
 
 
 @register_method("llp_bp_bag_prior")

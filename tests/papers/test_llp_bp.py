@@ -5,6 +5,7 @@ bagged data, a run as a stage (computed once, reused, keyed by what decides it),
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from pathlib import Path
@@ -14,11 +15,12 @@ import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from common.experiment import build_datamodule
+from common.experiment import build_datamodule, build_trainer
 from common.lit import RunContext
 from common.lit.stages import Stages
 from common.run import execute
 from papers.llp_bp import (
+    ClassifierFit,
     DLLPPipeline,
     LLPTabularDataModule,
     SimilarityGraph,
@@ -213,11 +215,14 @@ def _dllp_run(stages: Stages | None, root: Path, *overrides: str) -> tuple[dict[
     cfg = compose([*_mini("llp_bp_dllp", root, bag_size=32), *overrides])
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
+    make_trainer = functools.partial(build_trainer, cfg, None, checkpoint=False)
+    if stages is not None:
+        stages.make_trainer = make_trainer
 
-    def no_lightning(*args, **kwargs):
-        raise AssertionError("the LLP methods train without Lightning")
+    def no_module(*args, **kwargs):
+        raise AssertionError("the LLP methods build their own classifier module")
 
-    context = RunContext(cfg, datamodule, no_lightning, no_lightning, stages=stages)
+    context = RunContext(cfg, datamodule, no_module, make_trainer, stages=stages)
     return DLLPPipeline().run(context), context.curves
 
 
@@ -226,17 +231,57 @@ def test_a_run_is_a_stage_computed_once_and_keyed_by_what_decides_it(tmp_path: P
     before = torch.get_rng_state()
     first = _dllp_run(stages, tmp_path)
     assert torch.equal(torch.get_rng_state(), before)  # seeded inside the stage, the caller's state untouched
-    assert stages.computed == ["llp_bp_dllp"] and len(first[1]["dllp/valid_auc"]) >= 1
+    assert stages.computed == ["classifier", "llp_bp_dllp"] and len(first[1]["dllp/valid_auc"]) >= 1
     # The pseudo-label table's run of the same method and setting is the stored stage, curves included.
     assert _dllp_run(stages, tmp_path, "experiment=llp_bp/pseudo_labels") == first
-    assert stages.computed == ["llp_bp_dllp"]
+    assert stages.computed == ["classifier", "llp_bp_dllp"]
     # The seed, the data and the optimiser each decide the result: another value is another stage.
     for override in ("seed=1", "data.bag_size=8", "optim.optimizer.lr=0.01"):
         _dllp_run(stages, tmp_path, override)
-    assert stages.computed == ["llp_bp_dllp"] * 4
+    assert stages.computed == ["classifier", "llp_bp_dllp"] * 4
     assert len(list((tmp_path / "stages" / "llp_bp_dllp").glob("*/result.pt"))) == 4
+    assert len(list((tmp_path / "stages" / "classifier").glob("*/result.pt"))) == 4
     # Without stages (outside the runner) the run is computed directly, to the same values.
     assert _dllp_run(None, tmp_path) == first
+
+
+@pytest.mark.parametrize("kill", ["in_epoch_1", "after_the_last_epoch"])
+def test_a_killed_classifier_fit_resumes_to_the_uninterrupted_result(kill: str, tmp_path: Path, monkeypatch):
+    """A run killed inside its classifier stage (after epoch 1's checkpoint, or after the last epoch's, when
+    early stopping has ended the fit but its result is not stored) resumes the stage from its checkpoint and
+    ends with the uninterrupted run's metrics and curves, bit for bit."""
+    overrides = [
+        *_mini("llp_bp_dllp", tmp_path, bag_size=8),
+        "trainer.max_epochs=8",
+        "early_stopping.patience=1",
+    ]
+    whole = execute(compose([*overrides, f"runtime.output_root={tmp_path / 'whole'}"]))
+    assert whole.complete, whole.reason
+    assert whole.metrics["train/epochs"] < 8  # early stopping ended the fit
+    end_of_epoch, end_of_fit = ClassifierFit.on_train_epoch_end, ClassifierFit.on_train_end
+
+    def killed_in_epoch_1(self):
+        end_of_epoch(self)
+        if self.current_epoch == 1:
+            raise RuntimeError("killed")
+
+    def killed_at_the_end(self):
+        raise RuntimeError("killed")
+
+    if kill == "in_epoch_1":
+        monkeypatch.setattr(ClassifierFit, "on_train_epoch_end", killed_in_epoch_1)
+    else:
+        monkeypatch.setattr(ClassifierFit, "on_train_end", killed_at_the_end)
+    root = tmp_path / "killed"
+    killed = execute(compose([*overrides, f"runtime.output_root={root}"]))
+    assert not killed.complete
+    assert list((root / "stages" / "llp_bp" / "classifier").glob("*/checkpoints/last.ckpt"))
+    monkeypatch.setattr(ClassifierFit, "on_train_epoch_end", end_of_epoch)
+    monkeypatch.setattr(ClassifierFit, "on_train_end", end_of_fit)
+    resumed = execute(compose([*overrides, f"runtime.output_root={root}"]))
+    assert resumed.complete, resumed.reason
+    assert resumed.extra["stages_computed"] == ["classifier", "llp_bp_dllp"]
+    assert resumed.metrics == whole.metrics and resumed.curves == whole.curves
 
 
 def test_llp_bp_run_stores_its_first_round_as_the_ablation_and_it_equals_a_fresh_ablation(tmp_path: Path):
@@ -255,6 +300,15 @@ def test_llp_bp_run_stores_its_first_round_as_the_ablation_and_it_equals_a_fresh
     (fresh_stage,) = (tmp_path / "b" / "stages" / "llp_bp" / "llp_bp").glob("*/result.pt")
     assert fresh_stage.parent.name in {path.parent.name for path in stored.glob("*/result.pt")}  # same key
     assert torch.load(fresh_stage, weights_only=True)["value"]["metrics"] == fresh.metrics
+    # Each round's classifier is a stage of its own (the ablation's is round 0's): with the runs' stages
+    # gone, a rerun recomputes BP and reads both trained classifiers back, to the same record bit for bit.
+    classifiers = tmp_path / "a" / "stages" / "llp_bp" / "classifier"
+    assert len(list(classifiers.glob("*/result.pt"))) == 2
+    for path in stored.glob("*/result.pt"):
+        path.unlink()
+    again = execute(compose([*_mini("llp_bp", tmp_path / "a"), "runtime.force=true"]))
+    assert again.extra["stages_reused"] == ["classifier", "classifier"]
+    assert again.metrics == full.metrics and again.curves == full.curves
 
 
 @pytest.mark.parametrize("method", ["llp_bp_dllp", "llp_bp_easyllp", "llp_bp_bag_prior", "llp_bp_oracle"])
