@@ -2,7 +2,7 @@
 diffusion U-Net features at step t and block b, classified by a light head."""
 
 from papers.diffusion_cls.ddpm import DDPMModule
-from papers.diffusion_cls.heads import AttentionHead, build_head, train_head
+from papers.diffusion_cls.heads import AttentionHead, HeadFit, build_head, head_loader
 from papers.diffusion_cls.pipeline import DiffusionFeatureProbe
 from papers.diffusion_cls.unet import build_unet, noised_block_features, resolve_block
 
@@ -10,9 +10,10 @@ __all__ = [
     "AttentionHead",
     "DDPMModule",
     "DiffusionFeatureProbe",
+    "HeadFit",
     "build_head",
     "build_unet",
     "noised_block_features",
     "resolve_block",
-    "train_head",
+    "head_loader",
 ]

@@ -9,11 +9,14 @@ paper does not publish its CNN head; ours is two 3x3 conv-BN-ReLU layers and glo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 HEADS = ("linear", "mlp", "attention", "cnn")
 
@@ -90,45 +93,114 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def train_head(
-    head: nn.Module,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    optimizer: str = "sgd",
-    lr: float = 1e-2,
-    momentum: float = 0.0,
-    weight_decay: float = 0.0,
-    lr_step: int | None = None,
-    lr_gamma: float = 0.1,
-    seed: int = 0,
-) -> nn.Module:
-    """Cross-entropy training of ``head`` on frozen features (shuffled mini-batches, seeded); SGD or Adam,
-    optionally with a step decay of the learning rate every ``lr_step`` epochs (official: StepLR 7, 0.1)."""
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"unknown head optimizer {optimizer!r}; use sgd or adam")
-    schedule = torch.optim.lr_scheduler.StepLR(opt, lr_step, lr_gamma) if lr_step else None
-    generator = torch.Generator().manual_seed(int(seed))
-    labels = labels.to(features.device)
-    head.train()
-    for _ in range(int(epochs)):
-        order = torch.randperm(len(features), generator=generator).to(features.device)
-        for batch in order.split(int(batch_size)):
-            loss = F.cross_entropy(head(features[batch]), labels[batch])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"head training loss became {loss.item()}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+class HeadFit(L.LightningModule):
+    """Cross-entropy training of a head on frozen features (the stage `diffusion_head`): SGD or Adam,
+    optionally with a step decay of the learning rate every ``lr_step`` epochs (official: StepLR 7, 0.1).
+
+    Manual optimisation keeps the order of the former hand-written loop, so results are bitwise those of
+    the loop: per batch, forward, a finiteness check, ``zero_grad(set_to_none=True)``, backward, step; the
+    scheduler steps at the end of each epoch. Batches come from `head_loader` (the loop's seeded shuffling).
+    Measured on one CPU thread: a Trainer per fit (checkpoint every epoch) costs about a second more than
+    the loop on the mini linear head (loop 0.8 s, Lightning 2.2 s for 30 epochs of 1257 features; attention
+    and CNN heads: no measurable difference); it is worth it because a paper-scale fit must checkpoint every
+    epoch and resume after a kill: the linear head takes about 1 s per epoch on CIFAR-10 features (28
+    epochs), and one epoch of the attention head (257 tokens of width 1024, two blocks) took over 590 s for
+    512 of the 50 000 images, i.e. about 16 hours an epoch on a CPU core and, by its FLOPs, tens of GPU
+    minutes for the 28 epochs (the loop kept
+    no state: a kill lost the whole fit). Batches, random draws, dtype and operation order are those of the
+    loop, so records are bitwise unchanged. ``curves["head/loss"]`` holds each epoch's mean training loss."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        epochs: int,
+        batch_size: int,
+        optimizer: str = "sgd",
+        lr: float = 1e-2,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        lr_step: int | None = None,
+        lr_gamma: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown head optimizer {optimizer!r}; use sgd or adam")
+        self.model = model
+        self.optimizer, self.lr, self.momentum, self.weight_decay = optimizer, lr, momentum, weight_decay
+        self.lr_step, self.lr_gamma = lr_step, lr_gamma
+        self.automatic_optimization = False
+        self.curves: dict[str, list[float]] = {"head/loss": []}
+        self._epoch_losses: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer == "sgd":
+            opt = torch.optim.SGD(
+                self.model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        else:
+            opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if not self.lr_step:
+            return opt
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, self.lr_step, self.lr_gamma)]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        features, labels = batch
+        loss = F.cross_entropy(self.model(features), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"head training loss became {loss.item()}")
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        self._epoch_losses.append(float(loss.detach()))
+
+    def on_train_epoch_end(self) -> None:
+        schedule = self.lr_schedulers()
         if schedule is not None:
             schedule.step()
-    return head.eval()
+        losses, self._epoch_losses = self._epoch_losses, []
+        self.curves["head/loss"].append(sum(losses) / max(1, len(losses)))
+
+
+class _ShuffledBatches(torch.utils.data.Sampler):
+    """Index batches of a seeded reshuffle per epoch: epoch e uses the (e+1)-th ``randperm`` of a generator
+    seeded with ``seed`` (the former loop's draws), whatever epoch a resumed fit starts at."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed, self.epoch = size, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch + 1):
+            order = torch.randperm(self.size, generator=generator)
+        yield from order.split(self.batch_size)
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[rows], self.labels[rows]
+
+
+def head_loader(features: torch.Tensor, labels: torch.Tensor, *, batch_size: int, seed: int) -> DataLoader:
+    """Mini-batches (features, labels) for `HeadFit`, reshuffled every epoch by a generator seeded once."""
+    sampler = _ShuffledBatches(len(features), int(batch_size), int(seed))
+    return DataLoader(_Rows(features, labels), sampler=sampler, batch_size=None)
 
 
 @torch.no_grad()

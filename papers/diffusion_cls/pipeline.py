@@ -28,13 +28,13 @@ from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
 from papers.diffusion_cls.ddpm import DDPMModule
-from papers.diffusion_cls.heads import HEADS, Standardize, build_head, head_accuracy, train_head
+from papers.diffusion_cls.heads import HEADS, HeadFit, Standardize, build_head, head_accuracy, head_loader
 from papers.diffusion_cls.unet import build_scheduler, build_unet, noised_block_features, prepare_inputs
 
 log = logging.getLogger("pnu.diffusion_cls")
 
 WEIGHTS = ("diffusion", "random_init")
-DDPM_STAGE, FEATURES_STAGE = "ddpm", "diffusion_features"
+DDPM_STAGE, FEATURES_STAGE, HEAD_STAGE = "ddpm", "diffusion_features", "diffusion_head"
 
 
 @register_method("diffusion_cls_probe")
@@ -73,6 +73,7 @@ class DiffusionFeatureProbe(Pipeline):
     # ---- the run --------------------------------------------------------------------------------------
     def run(self, context: RunContext) -> dict[str, float]:
         cfg = context.cfg
+        self._context = context
         # Smoke runs that cap Lightning's batches (`trainer.limit_train_batches`, unset in real runs) also cap
         # the head's epochs at `trainer.max_epochs`, as a Lightning fit would.
         self._smoke_cap: dict[str, int] = {}
@@ -97,7 +98,9 @@ class DiffusionFeatureProbe(Pipeline):
             metrics |= {"selected/timestep": float(timestep), "selected/val_acc": val_acc,
                         "selected/block_index": float(list(self.select["blocks"]).index(block))}  # fmt: skip
         train_x, train_y, test_x, test_y = extractor.features(timestep, block, self.pool_size, self._blocks())
-        head = self._fit(train_x, train_y, num_classes, seed, device)
+        head = self._fit(
+            train_x, train_y, num_classes, seed, device, extractor.key(timestep, block, self.pool_size)
+        )
         metrics["test/acc"] = head_accuracy(head, test_x.to(device), test_y)
         metrics["train/acc"] = head_accuracy(head, train_x.to(device), train_y)
         metrics["feature_dim"] = float(train_x[0].numel())
@@ -107,7 +110,8 @@ class DiffusionFeatureProbe(Pipeline):
             far_x, far_y, far_test, far_test_y = extractor.features(
                 largest, block, self.pool_size, self._blocks()
             )
-            far_head = self._fit(far_x, far_y, num_classes, seed, device)
+            far_key = extractor.key(largest, block, self.pool_size)
+            far_head = self._fit(far_x, far_y, num_classes, seed, device, far_key)
             metrics["test/acc_at_largest_t"] = head_accuracy(far_head, far_test.to(device), far_test_y)
             metrics["test/acc_drop_at_largest_t"] = metrics["test/acc"] - metrics["test/acc_at_largest_t"]
         context.extra["unet_weights"] = weights
@@ -118,13 +122,44 @@ class DiffusionFeatureProbe(Pipeline):
         return list(dict.fromkeys([self.block, *self.cache_blocks]))
 
     def _fit(
-        self, x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int, device: torch.device
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        seed: int,
+        device: torch.device,
+        features: dict[str, Any],
     ) -> Any:
-        # Seed the head's initialisation here: whether the U-Net was trained or reused must not change it.
-        torch.manual_seed(_derive_seed(seed, "head"))
-        head = build_head(self.head, tuple(x.shape[1:]), num_classes, **self.head_params)
-        model = torch.nn.Sequential(Standardize(x), head).to(device)
-        return train_head(model, x.to(device), y, seed=seed, **{**self.head_training, **self._smoke_cap})
+        """The head trained on ``(x, y)``: the stage `diffusion_head`, keyed by ``features`` (what decides
+        the features and which of their rows are fitted), the head and its training, and the seed."""
+        training = {**self.head_training, **self._smoke_cap}
+
+        def make_module() -> HeadFit:
+            # Seed the head's initialisation here: whether the U-Net was trained or reused must not change it.
+            torch.manual_seed(_derive_seed(seed, "head"))
+            head = build_head(self.head, tuple(x.shape[1:]), num_classes, **self.head_params)
+            model = torch.nn.Sequential(Standardize(x), head).to(device)
+            return HeadFit(model, **{k: v for k, v in training.items() if k != "seed"})
+
+        loader = head_loader(x, y, batch_size=int(training["batch_size"]), seed=seed)
+        # Every batch of every epoch, in float32 (the head's precision whatever the scale's trainer says).
+        overrides = {"max_epochs": int(training["epochs"]), "max_steps": -1, "limit_train_batches": 1.0,
+                     "limit_val_batches": 0, "num_sanity_val_steps": 0, "precision": "32-true"}  # fmt: skip
+        fit_seed = _derive_seed(seed, "head_fit")
+        context = self._context
+        if context.stages is None:
+            module = make_module()
+            with isolate_rng(include_cuda=True):
+                L.seed_everything(fit_seed, verbose=False)
+                context.make_trainer(**overrides).fit(module, train_dataloaders=loader)
+        else:
+            config = {"features": features, "num_classes": num_classes, "head": self.head,
+                      "head_params": self.head_params, "head_training": training, "seed": seed}  # fmt: skip
+            module = context.stages.fit(
+                HEAD_STAGE, config, make_module, trainer_overrides=overrides, seed=fit_seed,
+                train_dataloaders=loader,
+            )  # fmt: skip
+        return module.model.to(device).eval()
 
     def _select(self, extractor: _Extractor, num_classes: int, seed: int) -> tuple[int, str, float]:
         assert self.select is not None
@@ -137,7 +172,12 @@ class DiffusionFeatureProbe(Pipeline):
                 order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
                 n_val = max(1, int(round(fraction * len(y))))
                 val, fit = order[:n_val], order[n_val:]
-                head = self._fit(x[fit], y[fit], num_classes, seed, extractor.device)
+                rows = {
+                    **extractor.key(timestep, block, self.pool_size),
+                    "rows": "fit",
+                    "val_fraction": fraction,
+                }
+                head = self._fit(x[fit], y[fit], num_classes, seed, extractor.device, rows)
                 acc = head_accuracy(head, x[val].to(extractor.device), y[val])
                 if best is None or acc > best[0]:
                     best = (acc, timestep, block)
@@ -253,8 +293,11 @@ class _Extractor:
     ) -> dict[str, torch.Tensor]:
         if self.context.stages is None:
             return compute()
-        config = {**self.unet_config, "timestep": timestep, "block": block, "pool_size": pool_size}
-        return self.context.stages.compute(FEATURES_STAGE, config, compute)
+        return self.context.stages.compute(FEATURES_STAGE, self.key(timestep, block, pool_size), compute)
+
+    def key(self, timestep: int, block: str, pool_size: int) -> dict[str, Any]:
+        """What decides the features of one (t, block, pool size): stage `diffusion_features`'s config."""
+        return {**self.unet_config, "timestep": timestep, "block": block, "pool_size": pool_size}
 
     def _extract(
         self, timestep: int, blocks: list[str], pool_size: int

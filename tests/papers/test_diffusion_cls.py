@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import lightning as L
+import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from omegaconf import OmegaConf
 
 from common.run import execute
-from papers.diffusion_cls.heads import build_head, head_accuracy, train_head
+from papers.diffusion_cls.heads import HeadFit, build_head, head_accuracy, head_loader
 from papers.diffusion_cls.unet import build_scheduler, noised_block_features, prepare_inputs, resolve_block
 from tests.conftest import REPO_ROOT, compose
 
@@ -102,13 +104,51 @@ def test_heads_shapes_and_gradients_match_autograd_of_a_plain_linear_model():
     assert torch.allclose(head[1].bias.grad, grad_logits.sum(0), atol=1e-6)
 
 
-def test_train_head_separates_separable_features():
+def _reference_loop(head, features, labels, *, epochs, batch_size, optimizer, lr, lr_step=None, lr_gamma=0.1,
+                    seed=0):  # fmt: skip
+    """The hand-written loop `HeadFit` replaced (heads.py before the conversion), kept to pin it bitwise."""
+    opt_class = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
+    opt = opt_class(head.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, lr_step, lr_gamma) if lr_step else None
+    generator = torch.Generator().manual_seed(int(seed))
+    head.train()
+    for _ in range(int(epochs)):
+        for batch in torch.randperm(len(features), generator=generator).split(int(batch_size)):
+            loss = torch.nn.functional.cross_entropy(head(features[batch]), labels[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if schedule is not None:
+            schedule.step()
+    return head.eval()
+
+
+def _lightning_fit(head, features, labels, *, seed=0, **training):
+    module = HeadFit(head, **training)
+    trainer = L.Trainer(
+        max_epochs=training["epochs"], accelerator="cpu", logger=False, limit_val_batches=0,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(
+        module, train_dataloaders=head_loader(features, labels, batch_size=training["batch_size"], seed=seed)
+    )
+    return module.model.eval()
+
+
+def test_head_fit_is_bitwise_the_former_loop_and_separates_separable_features():
     torch.manual_seed(0)
     y = torch.arange(60) % 3
     x = torch.nn.functional.one_hot(y, 3).float().view(60, 3, 1, 1) * 4 + 0.1 * torch.randn(60, 3, 1, 1)
-    head = train_head(build_head("linear", (3, 1, 1), 3), x, y, epochs=30, batch_size=16, optimizer="sgd",
-                      lr=0.5, lr_step=10, lr_gamma=0.5)  # fmt: skip
-    assert head_accuracy(head, x, y) == 100.0
+    for training in (dict(epochs=30, batch_size=16, optimizer="sgd", lr=0.5, lr_step=10, lr_gamma=0.5),
+                     dict(epochs=5, batch_size=16, optimizer="adam", lr=1e-2)):  # fmt: skip
+        heads = []
+        for fit in (_reference_loop, _lightning_fit):
+            torch.manual_seed(1)
+            heads.append(fit(build_head("linear", (3, 1, 1), 3), x, y, seed=7, **training))
+        loop, lit = (head.state_dict() for head in heads)
+        assert all(torch.equal(loop[k], lit[k]) for k in loop)
+        if training["optimizer"] == "sgd":
+            assert head_accuracy(heads[1], x, y) == 100.0
 
 
 def _stage_results(output_root: Path, name: str) -> dict[Path, int]:
@@ -149,3 +189,37 @@ def test_runs_through_the_harness_with_ddpm_stage_and_selection(output_root: Pat
     # Random-init features are their own stages (t = 10 and 900 of one block); no DDPM is trained for them.
     assert len(_stage_results(output_root, "diffusion_features")) == 6 + 6 + 2
     assert len(_stage_results(output_root, "ddpm")) == 2
+
+
+def test_head_stage_resumes_after_a_kill_and_a_rerun_reuses_it(
+    output_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A run killed after the first epoch of its `diffusion_head` stage resumes it from the stage's checkpoint
+    and ends with the metrics of an uninterrupted run; a forced rerun reuses every stage, with equal
+    metrics."""
+    overrides = ["experiment=diffusion_cls/t_block", "scale=mini", "model.ddpm_training.steps=2",
+                 "method.head_training.epochs=3", "method.cache_blocks=[]", "runtime.progress=false",
+                 "logger=none"]  # fmt: skip
+    whole = execute(compose([*overrides, f"runtime.output_root={output_root / 'whole'}"]))
+    assert whole.complete, whole.reason
+    assert whole.extra["stages_computed"] == ["ddpm", "diffusion_features", "diffusion_head"]
+    end_of_epoch = HeadFit.on_train_epoch_end
+
+    def killed_in_epoch_1(self):
+        end_of_epoch(self)
+        if self.current_epoch == 1:
+            raise RuntimeError("killed")
+
+    killed_root = output_root / "killed"
+    monkeypatch.setattr(HeadFit, "on_train_epoch_end", killed_in_epoch_1)
+    killed = execute(compose([*overrides, f"runtime.output_root={killed_root}"]))
+    assert not killed.complete
+    assert list((killed_root / "stages").glob("diffusion_cls/diffusion_head/*/checkpoints/last.ckpt"))
+    monkeypatch.setattr(HeadFit, "on_train_epoch_end", end_of_epoch)
+    resumed = execute(compose([*overrides, f"runtime.output_root={killed_root}"]))
+    assert resumed.extra["stages_computed"] == ["diffusion_head"]
+    assert resumed.metrics == whole.metrics
+    again = execute(compose([*overrides, f"runtime.output_root={killed_root}", "runtime.force=true"]))
+    assert again.extra["stages_computed"] == []
+    assert again.extra["stages_reused"] == ["ddpm", "diffusion_features", "diffusion_head"]
+    assert again.metrics == whole.metrics
