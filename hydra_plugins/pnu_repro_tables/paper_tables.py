@@ -14,12 +14,17 @@ This config source serves that folder as the groups the run config composes:
   base table's config first;
 - `table_scale/<key>/<table>/<scale>`: the table's section for `scale` (after the base table's section when
   it shares trainings);
-- `method/<option>`, `data/<option>`, `model/<option>`: a paper's own options.
+- `method/<option>`, `data/<option>`, `model/<option>`: a paper's own options;
+- `method/<name>` for a method that needs no setting: `{name: <name>}`, with no file. Every method is
+  registered under its name in code (`common.registry`), and its docstring says what it is; a file exists
+  only where an option sets something. An unknown name composes and is refused by the registry, with the
+  registered names, before any run starts.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from functools import cache
 from pathlib import Path
 
@@ -34,6 +39,8 @@ SCALES = ("mini", "paper")
 SHARES_KEY = "shares_training_with"
 IDENTITY_KEYS = ("paper", "table")  # derived from the file's path
 PAPER_GROUPS = ("method", "data", "model")  # groups a paper may own options of
+NAMED_GROUP = "method"  # options with no file are `{name: <option>}`
+OPTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class PaperTablesSearchPath(SearchPathPlugin):
@@ -109,7 +116,7 @@ class PaperTablesSource(ConfigSource):
                 return bool(self._tables(parts[1]))
             return len(parts) == 3 and parts[2] in self._tables(parts[1])
         if len(parts) == 1 and parts[0] in PAPER_GROUPS:
-            return bool(self._options(parts[0]))
+            return parts[0] == NAMED_GROUP or bool(self._options(parts[0]))
         return False
 
     def is_config(self, config_path: str) -> bool:
@@ -119,8 +126,17 @@ class PaperTablesSource(ConfigSource):
         if len(parts) == 4 and parts[0] == "table_scale" and parts[2] in self._tables(parts[1]):
             return parts[3] in _scales(self.root, parts[1], parts[2])
         if len(parts) == 2 and parts[0] in PAPER_GROUPS:
-            return parts[1] in self._options(parts[0])
+            return parts[1] in self._options(parts[0]) or self._named_only(parts[0], parts[1])
         return False
+
+    def _named_only(self, group: str, option: str) -> bool:
+        """A method option with no file anywhere: served as `{name: <option>}`."""
+        return (
+            group == NAMED_GROUP
+            and OPTION_NAME.fullmatch(option) is not None
+            and not (self.root.parent / group / f"{option}.yaml").exists()
+            and option not in self._options(group)
+        )
 
     def available(self) -> bool:
         return self.root.is_dir()
@@ -157,6 +173,8 @@ class PaperTablesSource(ConfigSource):
             config, header = self._table_config(parts[1], parts[2]), {"package": "_global_"}
         elif parts[0] == "table_scale":
             config, header = self._scale_config(parts[1], parts[2], parts[3]), {"package": "_global_"}
+        elif self._named_only(parts[0], parts[1]):
+            config, header = OmegaConf.create({"name": parts[1]}), ConfigSource._get_header_dict("")
         else:
             path = self._options(parts[0])[parts[1]]
             text = path.read_text(encoding="utf-8")

@@ -55,6 +55,16 @@ def test_every_config_file_sets_something():
     assert not empty, f"config files that set nothing: {empty}"
 
 
+def test_no_method_file_only_names_its_method():
+    """`method=<name>` composes to `{name: <name>}` without a file; a method file sets something more."""
+    only_named = []
+    for path in sorted(CONFIG_DIR.rglob("method/*.yaml")):
+        loaded = OmegaConf.load(path)
+        if set(loaded) == {"name"}:
+            only_named.append(str(path.relative_to(CONFIG_DIR)))
+    assert not only_named, f"method files that only name their method (delete them): {only_named}"
+
+
 def _shape_key(cfg, datamodule) -> str:
     """What a network's cost and shapes depend on: the method, the model config and the input shape."""
     model = cfg.get("model")

@@ -110,3 +110,26 @@ def test_a_paper_owns_options_of_its_groups_under_unique_names(tmp_path: Path):
     (tmp_path / "conf" / "papers" / "other" / "method" / "toy_fast.yaml").unlink()
     with pytest.raises(ConfigLoadError, match="defined twice"):
         shadow.is_config("method/ce")
+
+
+def test_a_method_with_no_file_is_its_name_alone(tmp_path: Path):
+    source = _source(tmp_path, {"toy/method/toy_fast.yaml": "name: toy_fast\nlr: 0.1\n"})
+    assert source.is_config("method/toy_plain") and not source.is_config("data/toy_plain")
+    assert OmegaConf.to_container(source.load_config("method/toy_plain").config) == {"name": "toy_plain"}
+    assert source.load_config("method/toy_fast").config.lr == 0.1  # a file wins
+    assert source.list("method", None) == ["toy_fast"]  # only files are listed
+    assert not source.is_config("method/Not-A-Name")
+    (tmp_path / "conf" / "method").mkdir()
+    (tmp_path / "conf" / "method" / "shared.yaml").write_text("name: shared\nlr: 1\n")
+    assert not source.is_config("method/shared")  # the shared file serves it
+
+
+def test_a_registered_method_composes_without_a_file():
+    from common.config import CONFIG_DIR
+    from common.registry import lookup
+
+    assert not list(CONFIG_DIR.rglob("method/llp_bp_dllp.yaml"))
+    cfg = compose(["method=llp_bp_dllp"])
+    assert OmegaConf.to_container(cfg.method) == {"name": "llp_bp_dllp"}
+    assert lookup("method", cfg.method.name).__name__ == "DLLPPipeline"
+    assert OmegaConf.to_container(compose([]).method) == {"name": "ce"}  # the default, no file either
