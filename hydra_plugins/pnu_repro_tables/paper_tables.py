@@ -15,16 +15,14 @@ This config source serves that folder as the groups the run config composes:
 - `table_scale/<key>/<table>/<scale>`: the table's section for `scale` (after the base table's section when
   it shares trainings);
 - `method/<option>`, `data/<option>`, `model/<option>`: a paper's own options;
-- `method/<name>` for a method that needs no setting: `{name: <name>}`, with no file. Every method is
-  registered under its name in code (`common.registry`), and its docstring says what it is; a file exists
-  only where an option sets something. An unknown name composes and is refused by the registry, with the
-  registered names, before any run starts.
+- `method/<name>` for a registered method that needs no setting: `{name: <name>}`, with no file. A
+  method is registered under its name in code (`common.registry`, read without importing the papers) and
+  its docstring says what it is; a file exists only where an option sets something.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from functools import cache
 from pathlib import Path
 
@@ -33,14 +31,15 @@ from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSou
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
+from common.registry import declared
+
 SCHEME = "pnu-tables"
 PAPER_FILE = "paper.yaml"
 SCALES = ("mini", "paper")
 SHARES_KEY = "shares_training_with"
 IDENTITY_KEYS = ("paper", "table")  # derived from the file's path
 PAPER_GROUPS = ("method", "data", "model")  # groups a paper may own options of
-NAMED_GROUP = "method"  # options with no file are `{name: <option>}`
-OPTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
+NAMED_GROUP = "method"  # registered names with no file are `{name: <option>}`
 
 
 class PaperTablesSearchPath(SearchPathPlugin):
@@ -116,7 +115,7 @@ class PaperTablesSource(ConfigSource):
                 return bool(self._tables(parts[1]))
             return len(parts) == 3 and parts[2] in self._tables(parts[1])
         if len(parts) == 1 and parts[0] in PAPER_GROUPS:
-            return parts[0] == NAMED_GROUP or bool(self._options(parts[0]))
+            return bool(self._options(parts[0])) or (parts[0] == NAMED_GROUP and bool(declared(NAMED_GROUP)))
         return False
 
     def is_config(self, config_path: str) -> bool:
@@ -130,10 +129,10 @@ class PaperTablesSource(ConfigSource):
         return False
 
     def _named_only(self, group: str, option: str) -> bool:
-        """A method option with no file anywhere: served as `{name: <option>}`."""
+        """A registered method with no option file anywhere: served as `{name: <option>}`."""
         return (
             group == NAMED_GROUP
-            and OPTION_NAME.fullmatch(option) is not None
+            and option in declared(group)
             and not (self.root.parent / group / f"{option}.yaml").exists()
             and option not in self._options(group)
         )
@@ -155,6 +154,8 @@ class PaperTablesSource(ConfigSource):
             configs = sorted(_scales(self.root, parts[1], parts[2]))
         elif len(parts) == 1 and parts[0] in PAPER_GROUPS:
             configs = sorted(self._options(parts[0]))
+            if parts[0] == NAMED_GROUP:
+                configs += [name for name in declared(NAMED_GROUP) if self._named_only(NAMED_GROUP, name)]
         if results_filter in (None, ObjectType.GROUP):
             pass
         else:

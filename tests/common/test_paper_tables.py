@@ -9,6 +9,7 @@ import pytest
 from hydra.plugins.config_source import ConfigLoadError
 from omegaconf import OmegaConf
 
+from hydra_plugins.pnu_repro_tables import paper_tables
 from hydra_plugins.pnu_repro_tables.paper_tables import PaperTablesSource
 from tests.conftest import compose
 
@@ -90,7 +91,8 @@ def test_mistakes_in_a_table_file_are_named(tmp_path: Path, text: str, message: 
         source.load_config("experiment/toy/bad")
 
 
-def test_a_paper_owns_options_of_its_groups_under_unique_names(tmp_path: Path):
+def test_a_paper_owns_options_of_its_groups_under_unique_names(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(paper_tables, "declared", lambda kind: set())
     source = _source(tmp_path, {"toy/method/toy_fast.yaml": "name: toy_fast\nlr: 0.1\n"})
     assert source.is_group("method") and source.list("method", None) == ["toy_fast"]
     assert OmegaConf.to_container(source.load_config("method/toy_fast").config) == {
@@ -112,16 +114,25 @@ def test_a_paper_owns_options_of_its_groups_under_unique_names(tmp_path: Path):
         shadow.is_config("method/ce")
 
 
-def test_a_method_with_no_file_is_its_name_alone(tmp_path: Path):
+def test_a_registered_method_with_no_file_is_its_name_alone(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(paper_tables, "declared", lambda kind: {"toy_plain", "toy_fast", "shared"})
     source = _source(tmp_path, {"toy/method/toy_fast.yaml": "name: toy_fast\nlr: 0.1\n"})
     assert source.is_config("method/toy_plain") and not source.is_config("data/toy_plain")
     assert OmegaConf.to_container(source.load_config("method/toy_plain").config) == {"name": "toy_plain"}
     assert source.load_config("method/toy_fast").config.lr == 0.1  # a file wins
-    assert source.list("method", None) == ["toy_fast"]  # only files are listed
-    assert not source.is_config("method/Not-A-Name")
+    assert not source.is_config("method/toy_typo")  # not registered: Hydra names the options
     (tmp_path / "conf" / "method").mkdir()
     (tmp_path / "conf" / "method" / "shared.yaml").write_text("name: shared\nlr: 1\n")
     assert not source.is_config("method/shared")  # the shared file serves it
+    assert source.list("method", None) == ["toy_fast", "toy_plain"]
+
+
+def test_the_declared_names_are_the_registered_ones():
+    """`declared` reads the registrations from the source; importing every paper gives the same names."""
+    from common.registry import KINDS, available, declared
+
+    for kind in KINDS:
+        assert declared(kind) == set(available(kind)), kind
 
 
 def test_a_registered_method_composes_without_a_file():
@@ -133,3 +144,5 @@ def test_a_registered_method_composes_without_a_file():
     assert OmegaConf.to_container(cfg.method) == {"name": "llp_bp_dllp"}
     assert lookup("method", cfg.method.name).__name__ == "DLLPPipeline"
     assert OmegaConf.to_container(compose([]).method) == {"name": "ce"}  # the default, no file either
+    with pytest.raises(Exception, match="Could not find 'method/llp_bp_dlp'"):
+        compose(["method=llp_bp_dlp"])
