@@ -28,9 +28,19 @@ def cell_dir(row: object, column: object) -> str:
     return f"{slug(row)}__{slug(column)}"
 
 
+def run_key(*, _root_: DictConfig) -> str:
+    """The first 8 characters of the run's config hash: a run folder holds one config, so a run with other
+    settings (an override, a quick look) never replaces another's record."""
+    from common.results.record import config_hash
+
+    return config_hash(_root_)[:8]
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("pnu.cell_dir"):
         OmegaConf.register_new_resolver("pnu.cell_dir", cell_dir, use_cache=True)
+    if not OmegaConf.has_resolver("pnu.run_key"):
+        OmegaConf.register_new_resolver("pnu.run_key", run_key)
     if not OmegaConf.has_resolver("pnu.slug"):
         OmegaConf.register_new_resolver("pnu.slug", slug)
 

@@ -95,6 +95,12 @@ def available(kind: str) -> list[str]:
     return sorted(_REGISTRY[kind])
 
 
+def is_known(kind: str, name: str) -> bool:
+    """`name` is registered for `kind`: declared in the source, or registered at run time (a test's
+    method, say); imports nothing."""
+    return name in _REGISTRY[kind] or name in declared(kind)
+
+
 def declared(kind: str) -> set[str]:
     """The names `kind` is registered under, read from the source without importing it (a fraction of a
     second, against seconds for `discover`): what the configs may name, e.g. `method=<name>` with no file.

@@ -6,6 +6,7 @@ the rest as one Hydra multirun (local, submitit_local or slurm launcher), then w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,8 +25,17 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from common.config import CONFIG_DIR, REPO_ROOT, compose_run_configs, register_resolvers
+from common.checks import (
+    LOGGERS,
+    check_launcher,
+    check_run_config,
+    check_wandb_credentials,
+    check_writable,
+    one_line,
+)
+from common.config import CONFIG_DIR, REPO_ROOT, compose_run_config, compose_run_configs, register_resolvers
 from common.errors import UserError
 from common.results.aggregate import TableResult, to_markdown, write_csv
 from common.results.claims import (
@@ -41,9 +51,18 @@ from common.results.claims import (
 )
 from common.results.paper_spec import PaperSpec, TableSpec, available_papers, load_paper
 from common.results.provenance import code_hashes
-from common.results.record import NON_SEMANTIC_KEYS, RunRecord, config_hash, git_state, read_record
+from common.results.record import (
+    NON_SEMANTIC_KEYS,
+    RECORD_NAME,
+    RunRecord,
+    config_hash,
+    git_state,
+    read_record,
+    training_config,
+)
 
 console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
 LAUNCHERS = ("local", "submitit_local", "slurm")
 
 
@@ -167,20 +186,38 @@ def run_overrides(
 
 
 def _compose_table(table: TableSpec, cells: list[tuple[str, str]], overrides: list[list[str]]) -> list:
-    """The run configs of a table's cells x seeds; a cell whose config does not compose is named."""
+    """The run configs of a table's cells x seeds, each checked; a cell whose config does not compose, or
+    holds a value no run can use, is named in one line."""
+    per_cell = len(overrides) // max(len(cells), 1)
+    starts = range(0, len(overrides), max(per_cell, 1))
     try:
-        return compose_run_configs(overrides)
+        configs = compose_run_configs(overrides)
     except (HydraException, OmegaConfBaseException):
-        per_cell = len(overrides) // max(len(cells), 1)
-        for (row, column), start in zip(cells, range(0, len(overrides), per_cell), strict=True):
+        for (row, column), start in zip(cells, starts, strict=True):
             try:
                 compose_run_configs(overrides[start : start + per_cell])
             except (HydraException, OmegaConfBaseException) as err:
                 raise UserError(
-                    f"table {table.id}, cell ({row}, {column}): the config does not compose: {err}\n"
-                    f"overrides: {' '.join(overrides[start])}"
-                ) from err
+                    f"table {table.id}, cell ({row}, {column}): the config does not compose: {one_line(err)}"
+                ) from None
         raise
+    for index, cfg in enumerate(configs):
+        row, column = cells[index // max(per_cell, 1)]
+        check_run_config(cfg, where=f"table {table.id}, cell ({row}, {column}): ")
+    return configs
+
+
+def check_launcher_args(launcher: str, hydra_args: list[str]) -> None:
+    """The launcher's overrides compose (an unknown `hydra.launcher.*` key is named before any run)."""
+    if not hydra_args:
+        return
+    from hydra import compose
+
+    compose_run_config([])  # initializes Hydra
+    try:
+        compose("config", overrides=[f"hydra/launcher={launcher}", *hydra_args], return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(f"HYDRA_ARGS: {one_line(err)}") from None
 
 
 def check_labels(
@@ -237,16 +274,38 @@ def plan(
                 training=training_key(cfg),
             )
             run.refresh()
+            if run.record is None:
+                _set_aside_unreadable(run.run_dir)
             planned.append(run)
     return planned
 
 
+def _set_aside_unreadable(run_dir: Path) -> None:
+    """A record that exists but cannot be read (cut short, not UTF-8, not a record) counts as missing: it
+    is renamed `result.json.unreadable` and the run is redone."""
+    path = run_dir / RECORD_NAME
+    if path.is_file():
+        aside = path.with_name(f"{RECORD_NAME}.unreadable")
+        path.replace(aside)
+        console.print(f"[yellow]unreadable record set aside[/yellow] ({aside}); the run is redone")
+
+
+def local_parallelism(memory_per_run_gb: float = 1.5) -> int:
+    """How many runs fit this machine at once: one per core, and `memory_per_run_gb` each in the memory
+    now available (a mini run's process takes about 1.1 GB)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        pages, page_size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        by_memory = int(pages * page_size / (memory_per_run_gb * 2**30))
+    except (ValueError, OSError, AttributeError):
+        by_memory = cores
+    return max(1, min(cores, by_memory))
+
+
 def training_key(cfg: DictConfig) -> str:
-    """A short hash of what a run trains (`common.lit.stages.training_config`: its config without where it
+    """A short hash of what a run trains (`common.results.record.training_config`: its config without where it
     writes, which cell it fills and which metric it reports). Cells with one key are one training: columns
     reporting several metrics of it, tables that share trainings (`shares_training_with`)."""
-    from common.lit.stages import training_config
-
     text = json.dumps(training_config(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -289,19 +348,56 @@ def launch(
     with log_path.open("w") as log, Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(f"runs ({launcher})", total=len(pending))
         child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
+        with _stops_forwarded_to(child):
             while child.poll() is None:
                 time.sleep(0.5)
                 progress.update(task, completed=_count_finished(pending))
-        except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-            raise
         progress.update(task, completed=_count_finished(pending))
     return child.returncode
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT while a sweep runs."""
+
+
+@contextlib.contextmanager
+def _stops_forwarded_to(child: subprocess.Popen, grace_s: float = 10.0):
+    """SIGTERM and SIGINT stop `child` and every process under it (submitit's workers too): TERM, then
+    KILL after `grace_s`; then KeyboardInterrupt. No run of the sweep outlives `reproduce`. (The sweep
+    stays in this process group, so a kill of the whole group, as a preemption does, reaches it too.)"""
+
+    def stop(signum, frame):
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        _stop_tree(child.pid, grace_s)
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_tree(pid: int, grace_s: float) -> None:
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        processes = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def _count_finished(runs: list[PlannedRun]) -> int:
@@ -484,6 +580,9 @@ def reproduce(cfg: DictConfig) -> int:
         raise UserError(f"scale must be mini or paper, got {cfg.scale!r}")
     if cfg.launcher not in LAUNCHERS:
         raise UserError(f"launcher must be one of {LAUNCHERS}, got {cfg.launcher!r}")
+    check_launcher(cfg.launcher)
+    if cfg.logger is not None and cfg.logger not in LOGGERS:
+        raise UserError(f"logger must be one of {LOGGERS}, got {cfg.logger!r}")
     paper = load_paper(str(cfg.paper))
     all_tables = paper.tables_at(cfg.scale)
     selected = paper.tables_at(cfg.scale, cfg.table)
@@ -491,6 +590,9 @@ def reproduce(cfg: DictConfig) -> int:
     seeds = parse_seeds(cfg.seeds) if cfg.seeds is not None else confirmatory_seeds(paper)
     output_root = Path(cfg.output_root).resolve()
     logger = cfg.logger or ("csv" if cfg.scale == "mini" else "wandb")
+    check_wandb_credentials(logger)
+    check_writable(output_root, "output folder", "set PNU_OUTPUT_ROOT (or output_root=) to a writable folder")
+    check_launcher_args(cfg.launcher, [str(a) for a in cfg.hydra_args])
     common = [
         f"runtime.output_root={output_root}",
         f"logger={logger}",
@@ -500,10 +602,17 @@ def reproduce(cfg: DictConfig) -> int:
     ]
     rows = list(cfg.rows) if cfg.rows else None
     columns = list(cfg.columns) if cfg.columns else None
-    console.rule(f"[bold]{paper.key}[/bold]: {paper.title}")
     started = time.perf_counter()
     check_labels(paper, selected, rows, columns)
     runs = plan(paper, all_tables, cfg.scale, seeds, common, rows, columns)
+    overrides = [str(o) for o in cfg.overrides]
+    if quick_look_reason(paper, seeds, overrides, rows, columns, runs=[]) is None:  # once all runs finish
+        check_writable(
+            Path(cfg.results_root) / paper.key / cfg.scale,
+            "results folder",
+            "set results_root= to a writable one",
+        )
+    console.rule(f"[bold]{paper.key}[/bold]: {paper.title}")
     chosen = {t.id for t in selected}
     to_run = [r for r in runs if r.table in chosen and (cfg.force or not r.done)]
     trainings = len({run.training for run in to_run})
@@ -512,6 +621,12 @@ def reproduce(cfg: DictConfig) -> int:
         f"{len(runs) - len(to_run)} complete, {len(to_run)} to run"
         + (f" ({trainings} distinct trainings)" if trainings < len(to_run) else "")
     )
+    if logger == "wandb" and len(to_run) < len(runs):
+        console.print(
+            f"[yellow]{len(runs) - len(to_run)} complete runs are not logged to W&B now[/yellow]: each run "
+            "logs to the logger it ran with (their records are in the output folder). To log them to W&B, "
+            'rerun them: ARGS="force=true"'
+        )
     exit_code = 0
     if to_run:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -522,6 +637,10 @@ def reproduce(cfg: DictConfig) -> int:
         waves = training_waves(to_run)
         if cfg.launcher == "local":
             waves = [[run for wave in waves for run in wave]]
+        elif cfg.launcher == "submitit_local":
+            # A process per run: at most `max_parallel` at once, or the machine runs out of memory.
+            cap = int(cfg.max_parallel) if cfg.max_parallel is not None else local_parallelism()
+            waves = [wave[start : start + cap] for wave in waves for start in range(0, len(wave), cap)]
         try:
             code, failed_log = 0, log_path
             for number, wave in enumerate(waves, start=1):
@@ -550,7 +669,7 @@ def reproduce(cfg: DictConfig) -> int:
             exit_code = 1
     failed = [r for r in runs if r.record is not None and not r.record.complete]
     missing = [r for r in runs if r.table in chosen and r.record is None]
-    quick_look = quick_look_reason(paper, seeds, [str(o) for o in cfg.overrides], rows, columns, runs)
+    quick_look = quick_look_reason(paper, seeds, overrides, rows, columns, runs)
     if quick_look is None:
         results_dir = Path(cfg.results_root) / paper.key / cfg.scale
     else:
@@ -602,18 +721,51 @@ def parse_options(argv: list[str]) -> DictConfig:
     try:
         cfg = OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))
     except OmegaConfBaseException as err:
-        raise UserError(f"malformed option: {err}") from err
+        raise UserError(f"malformed option: {one_line(err)}") from None
     if OmegaConf.is_missing(cfg, "paper") or cfg.paper in (None, ""):
         papers = ", ".join(available_papers())
         raise UserError(f"choose a paper: paper=<key> (make reproduce PAPER=<key>); papers: {papers}")
+    _check_option_types(cfg)
     return cfg
+
+
+def _check_option_types(cfg: DictConfig) -> None:
+    """Each option holds the kind of value conf/reproduce.yaml describes."""
+
+    def fail(key: str, expected: str) -> None:
+        value = OmegaConf.select(cfg, key)
+        raise UserError(f"{key}={value!r}: expected {expected} (conf/reproduce.yaml)")
+
+    for key in ("paper", "scale", "launcher"):
+        if not isinstance(cfg[key], str):
+            fail(key, "a name")
+    for key in ("table", "logger"):
+        if cfg[key] is not None and not isinstance(cfg[key], str):
+            fail(key, "a name or null")
+    if not isinstance(cfg.force, bool):
+        fail("force", "true or false")
+    if not (isinstance(cfg.min_seeds_for_claims, int) and not isinstance(cfg.min_seeds_for_claims, bool)):
+        fail("min_seeds_for_claims", "a positive integer")
+    if cfg.min_seeds_for_claims < 1:
+        fail("min_seeds_for_claims", "a positive integer")
+    parallel = cfg.max_parallel
+    if parallel is not None and not (
+        isinstance(parallel, int) and not isinstance(parallel, bool) and parallel >= 1
+    ):
+        fail("max_parallel", "a positive integer or null")
+    for key in ("rows", "columns"):
+        if cfg[key] is not None and not isinstance(cfg[key], ListConfig):
+            fail(key, "a list of labels, e.g. [sym-40%]")
+    for key in ("overrides", "hydra_args"):
+        if not isinstance(cfg[key], ListConfig) or not all("=" in str(item) for item in cfg[key]):
+            fail(key, "a list of key=value overrides, e.g. ['trainer.max_epochs=5']")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         return reproduce(parse_options(sys.argv[1:] if argv is None else argv))
     except UserError as err:
-        console.print(f"[red]error:[/red] {err}")
+        errors.print(Text.assemble(("error: ", "red"), str(err)))
         return 2
 
 

@@ -17,6 +17,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from common.checks import check_run_config
 from common.config import CONFIG_DIR, register_resolvers
 from common.errors import NonFiniteLossError, UserError
 from common.experiment import (
@@ -71,6 +72,7 @@ def _check_config(cfg: DictConfig) -> None:
             f"the run config has no `data`: table {cfg.paper}/{cfg.table} has no `{scale}:` section "
             f"(conf/papers/{cfg.paper}/{cfg.table}.yaml)"
         )
+    check_run_config(cfg)
 
 
 def _experiment_choice() -> str | None:
@@ -176,10 +178,10 @@ def execute(cfg: DictConfig) -> RunRecord:
         record.extra = {
             k: v for k, v in info.items() if k not in ("loggers", "precision", "effective_batch_size")
         }
+    except NonFiniteLossError as err:  # before UserError: a NaN input to a kernel is both
+        record.reason = f"non-finite loss: {err}"
     except UserError:
         raise
-    except NonFiniteLossError as err:
-        record.reason = f"non-finite loss: {err}"
     except Exception as err:  # a crash is recorded as failed; the sweep goes on with the other runs
         record.reason = f"{type(err).__name__}: {err}"
         (run_dir / "error.txt").write_text(traceback.format_exc())

@@ -79,7 +79,22 @@ def _check_labels(labels: np.ndarray, num_classes: int | None, name: str = "labe
     return arr
 
 
+def _rng(seed: int | np.random.Generator) -> np.random.Generator:
+    """The generator of a corruption: an integer seed (reproducible by construction) or a Generator the
+    caller owns; None would draw fresh OS entropy, so it is refused."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if not _is_int(seed):
+        raise ValueError(
+            f"seed must be an integer (or a numpy Generator), got {seed!r}; a corruption without a seed "
+            "cannot be reproduced."
+        )
+    return np.random.default_rng(seed)
+
+
 def _check_rate(rate: float, name: str, *, closed_right: bool = False) -> float:
+    if not isinstance(rate, int | float | np.integer | np.floating) or isinstance(rate, bool | np.bool_):
+        raise ValueError(f"{name} must be a number, got {rate!r}.")
     rate = float(rate)
     ok = 0.0 <= rate <= 1.0 if closed_right else 0.0 <= rate < 1.0
     if not ok:
@@ -121,7 +136,7 @@ def inject_symmetric_noise(
     k = _check_num_classes(num_classes)
     y = _check_labels(labels, k)
     rate = _check_rate(noise_rate, "noise_rate")
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     noisy = y.copy()
     m = _round_half_up(rate * y.size)
     idx = rng.choice(y.size, size=m, replace=False)
@@ -146,7 +161,7 @@ def inject_frequency_proportional_noise(
     y = _check_labels(labels, k)
     rate = _check_rate(noise_rate, "noise_rate")
     counts = np.bincount(y, minlength=k).astype(np.float64)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     noisy = y.copy()
     flipped = rng.choice(y.size, size=_round_half_up(rate * y.size), replace=False)
     for source in np.unique(y[flipped]):
@@ -200,7 +215,7 @@ def inject_pair_noise(
     y = _check_labels(labels, k)
     rate = _check_rate(noise_rate, "noise_rate")
     target = _resolve_mapping(mapping, k)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     noisy = y.copy()
     for i in range(k):
         if target[i] == i:
@@ -236,7 +251,7 @@ def inject_instance_noise(
             f"features must be a finite array with one row per label ({y.size}), got shape {x.shape}."
         )
     x = x.reshape(y.size, -1)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     # Truncated normal by rejection: redraw the values outside [0, 1].
     q = rng.normal(rate, 0.1, size=y.size)
     bad = (q < 0) | (q > 1)
@@ -334,7 +349,7 @@ def noise_matrix_from_trace(
             f"frac_zero_noise_rates={frac} needs {n_clean_cols} noise-free columns (diagonal 1), so trace "
             f"must exceed {n_clean_cols}; lower frac_zero_noise_rates or raise trace (got {trace})."
         )
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     for _ in range(max(1, int(max_iter))):
         m = np.zeros((k, k))
         clean = rng.choice(k, size=n_clean_cols, replace=False)
@@ -383,7 +398,7 @@ def inject_class_conditional_noise(labels: np.ndarray, noise_matrix: np.ndarray,
         )
     k = m.shape[0]
     y = _check_labels(labels, k)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     noisy = y.copy()
     for j in range(k):
         members = rng.permutation(np.flatnonzero(y == j))
@@ -452,7 +467,7 @@ def make_long_tailed(
             f"class {int(np.argmin(available))} has no examples; pass num_classes matching the labels."
         )
     targets = class_counts_long_tailed(n_max, k, imbalance_ratio)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     kept = []
     for c in range(k):
         if available[c] < targets[c]:
@@ -503,7 +518,7 @@ def mask_positive_unlabeled(
     lf = float(labeled_fraction)
     if not 0.0 < lf <= 1.0:
         raise ValueError(f"labeled_fraction must lie in (0, 1], got {labeled_fraction}.")
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     pos = rng.permutation(np.flatnonzero(is_pos))
     neg = np.flatnonzero(~is_pos)
     n_lab = _round_half_up(lf * pos.size)
@@ -561,7 +576,7 @@ def split_labeled_unlabeled(
             f"absent: {missing.tolist()}."
         )
     ratio = _check_rate(mismatch_ratio, "mismatch_ratio", closed_right=True)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     labeled = []
     for c in lab_classes:
         members = np.flatnonzero(y == c)

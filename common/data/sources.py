@@ -121,8 +121,8 @@ def load_hub_dataset(
             f"reached{offline} "
             f"({type(err).__name__}: {err}). On a machine with network run:\n"
             f"  python -c \"import datasets; datasets.load_dataset({arguments}, cache_dir='{cache}')\"\n"
-            f"then copy that cache here, or point to an existing copy with data.cache_dir=<dir> "
-            f"(or HF_DATASETS_CACHE)."
+            "then copy that cache here, or point to an existing copy with "
+            f'OVERRIDES="runtime.cache_dir=<dir>" (or HF_DATASETS_CACHE=<dir>).'
         ) from err
     if columns is not None:
         present = dataset.column_names

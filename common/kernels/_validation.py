@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
+import os
 
 import torch
 
-from common.errors import UserError
+from common.errors import NonFiniteLossError, UserError
 
 BACKENDS = ("auto", "triton", "chunked", "reference")
 REDUCTIONS = ("mean", "sum", "none")
@@ -14,6 +16,30 @@ REDUCTIONS = ("mean", "sum", "none")
 
 class KernelInputError(UserError, ValueError):
     """Bad arguments to a kernel op; the message says what to pass instead."""
+
+
+class NonFiniteInputError(NonFiniteLossError, KernelInputError):
+    """A kernel input holds NaN or inf: a diverged model, usually. In a run it is recorded as a failed run
+    (non-finite loss); a caller of the op gets a KernelInputError naming the tensor."""
+
+
+#: Inputs are checked for NaN/inf on the CPU always; on an accelerator only with PNU_CHECK_FINITE=1, since
+#: the check reads a flag back to the host (a synchronisation per call).
+CHECK_FINITE_ON_ACCELERATOR = os.environ.get("PNU_CHECK_FINITE", "0") == "1"
+
+
+def check_finite(**tensors: torch.Tensor | None) -> None:
+    """Raise NonFiniteInputError naming the first tensor that holds NaN or inf (see CHECK_FINITE_ON_...)."""
+    for name, x in tensors.items():
+        if x is None or not x.is_floating_point():
+            continue
+        if x.device.type != "cpu" and not CHECK_FINITE_ON_ACCELERATOR:
+            continue
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteInputError(
+                f"{name} holds NaN or inf values (shape {tuple(x.shape)}); the model producing it diverged: "
+                "lower the learning rate or clip gradients"
+            )
 
 
 def check_backend(backend: str) -> None:
@@ -45,6 +71,7 @@ def check_embeddings(query: torch.Tensor, key: torch.Tensor) -> None:
         raise KernelInputError(
             f"query is on {query.device} but key is on {key.device}; move both to one device"
         )
+    check_finite(query=query, key=key)
 
 
 def check_index(name: str, index: torch.Tensor | None, rows: int, bound: int, device: torch.device) -> None:
@@ -104,11 +131,12 @@ def temperature_value(temperature: float | torch.Tensor) -> float:
                 f"temperature must be a float or a 0-dim tensor, got shape {tuple(temperature.shape)}"
             )
         value = float(temperature.detach().reshape(()).item())
+    elif isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
+        value = float(temperature)
     else:
-        try:
-            value = float(temperature)
-        except (TypeError, ValueError):
-            raise KernelInputError(f"temperature must be a float, got {temperature!r}") from None
+        raise KernelInputError(
+            f"temperature must be a float or a 0-dim tensor, got {type(temperature).__name__} {temperature!r}"
+        )
     if not math.isfinite(value) or value <= 0.0:
         raise KernelInputError(
             f"temperature must be finite and > 0, got {value}; check the learnable temperature "

@@ -29,6 +29,7 @@ from filelock import FileLock
 
 from common.lit.random_state import get_random_state, random_state_digest, set_random_state
 from common.results.cache import cache_key, load_torch, save_torch
+from common.results.record import training_config
 
 log = logging.getLogger("pnu.stages")
 
@@ -220,21 +221,6 @@ def _seeded(seed: int | None) -> Iterator[None]:
 
 # Run-config keys that never change what a run trains: where it writes, which cell and table it fills, the
 # sweep's objective, the logger; `protocol.report` (which computed metric a cell shows) is dropped too.
-NOT_TRAINING_KEYS = ("runtime", "cell", "table", "hydra", "objective", "logger")
-
-
-def training_config(cfg: Any) -> dict:
-    """What a run trains: its resolved config without `NOT_TRAINING_KEYS` and `protocol.report`."""
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_TRAINING_KEYS:
-        config.pop(key, None)
-    if isinstance(config.get("protocol"), dict):
-        config["protocol"].pop("report", None)
-    return config
-
-
 def _load(path: Path) -> dict | None:
     stored = load_torch(path, weights_only=True) if path.exists() else None
     return stored if isinstance(stored, dict) else None

@@ -68,12 +68,26 @@ class RunRecord:
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """sha256 of the resolved config without the keys that do not change results."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in NON_SEMANTIC_KEYS:
-        container.pop(key, None)
+    """sha256 of the resolved config without the keys that do not change results (which no other key may
+    interpolate: the run folder itself is named by this hash)."""
+    semantic = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in NON_SEMANTIC_KEYS])
+    container = OmegaConf.to_container(semantic, resolve=True)
     text = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: Keys that say where a run's numbers go, not what it trains (cells of one training share the rest).
+NOT_TRAINING_KEYS = ("runtime", "cell", "table", "hydra", "objective", "logger")
+
+
+def training_config(cfg: DictConfig) -> dict:
+    """What a run trains: its resolved config without `NOT_TRAINING_KEYS` and `protocol.report`."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for key in NOT_TRAINING_KEYS:
+        config.pop(key, None)
+    if isinstance(config.get("protocol"), dict):
+        config["protocol"].pop("report", None)
+    return config
 
 
 def write_record(record: RunRecord, run_dir: Path) -> Path:

@@ -114,14 +114,14 @@ def test_reproduce_user_errors(tmp_path: Path):
         text=True,
         timeout=60,
     )
-    assert unknown_paper.returncode == 2 and "unknown paper 'nope'; available:" in unknown_paper.stdout
-    assert "elr" in unknown_paper.stdout
+    assert unknown_paper.returncode == 2 and "unknown paper 'nope'; available:" in unknown_paper.stderr
+    assert "elr" in unknown_paper.stderr
     unknown_option = _reproduce(tmp_path, "sedes=3")
-    assert unknown_option.returncode == 2 and "unknown option 'sedes'" in unknown_option.stdout
+    assert unknown_option.returncode == 2 and "unknown option 'sedes'" in unknown_option.stderr
     unknown_table = _reproduce(tmp_path, "table=nope")
-    assert unknown_table.returncode == 2 and "has no table 'nope'" in unknown_table.stdout
+    assert unknown_table.returncode == 2 and "has no table 'nope'" in unknown_table.stderr
     bad_column = _reproduce(tmp_path, "columns=[sym-99%]")
-    assert bad_column.returncode == 2 and "has no column" in bad_column.stdout
+    assert bad_column.returncode == 2 and "has no column" in bad_column.stderr
     bad_override = _reproduce(tmp_path, "overrides=['data.no_such_key=1']")
-    assert bad_override.returncode == 2 and "no_such_key" in bad_override.stdout
+    assert bad_override.returncode == 2 and "no_such_key" in bad_override.stderr
     assert not (tmp_path / "results").exists()
