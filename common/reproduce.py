@@ -630,8 +630,9 @@ def reproduce(cfg: DictConfig) -> int:
     exit_code = 0
     if to_run:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        log_path = output_root / paper.key / cfg.scale / f"reproduce-{stamp}.log"
-        sweep_dir = output_root / "multirun" / f"{paper.key}-{cfg.scale}-{stamp}"
+        # One folder per attempt: its log, its run list and Hydra's sweep folder.
+        attempt = output_root / "attempts" / f"{paper.key}-{cfg.scale}-{stamp}"
+        log_path, sweep_dir = attempt / "reproduce.log", attempt / "sweep"
         # Locally runs go one after another, so the trainings simply come first; a parallel launcher gets them
         # as a wave of their own.
         waves = training_waves(to_run)

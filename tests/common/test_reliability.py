@@ -198,6 +198,19 @@ def test_a_quick_look_leaves_results_untouched_and_replaces_no_record(tmp_path: 
         assert quick.returncode == 0, quick.stdout + quick.stderr
         assert "a quick look" in quick.stdout
     assert _tree(tmp_path / "results") == before  # byte for byte
+    tables = tmp_path / "outputs" / "tables" / "elr" / "mini"
+    written = _tree(tables)
+    again = subprocess.run(  # nothing left to run: it only aggregates, and rewrites nothing differently
+        _reproduce_command(tmp_path, *cell, "overrides=[trainer.max_epochs=2]"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0 and "1 complete, 0 to run" in again.stdout, again.stdout + again.stderr
+    assert _tree(tables) == written
+    attempts = sorted((tmp_path / "outputs" / "attempts").iterdir())
+    assert len(attempts) == 2 and all((a / "reproduce.log").is_file() for a in attempts)
     records = sorted((tmp_path / "outputs" / "elr").rglob("result.json"))
     assert len(records) == 2  # one folder per config: the second run replaced nothing
     for path in records:
