@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,37 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets"))
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A TCP connection to the hub's endpoint opens within `timeout_s` (assumed yes behind a proxy, which
+    a direct probe cannot judge)."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """HF_HUB_OFFLINE for the calls inside (the libraries read the variable once, at import)."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    saved = (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE)
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = saved
+
+
 def load_hub_dataset(
     hub_id: str,
     *,
@@ -106,14 +140,22 @@ def load_hub_dataset(
     import datasets
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    # Without network the hub client retries for about half a minute; read the cache alone at once instead.
+    unreachable = not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable()
     try:
-        dataset = datasets.load_dataset(hub_id, name, split=split, cache_dir=str(cache), **kwargs)
+        with _hub_offline() if unreachable else contextlib.nullcontext():
+            dataset = datasets.load_dataset(hub_id, name, split=split, cache_dir=str(cache), **kwargs)
     except Exception as err:  # datasets raises several types (ConnectionError, FileNotFoundError, ...)
         arguments = ", ".join(
             [repr(hub_id), *([repr(name)] if name else []), *([f"split={split!r}"] if split else [])]
         )
         offline = (
-            " (HF_HUB_OFFLINE is set: only the cache is read)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            " (HF_HUB_OFFLINE is set: only the cache is read)"
+            if os.environ.get("HF_HUB_OFFLINE")
+            else " (no connection to the hub: only the cache was read; where there is no network, set "
+            "HF_HUB_OFFLINE=1)"
+            if unreachable
+            else ""
         )
         which = f"{hub_id!r}{f' config {name!r}' if name else ''}{f' split {split!r}' if split else ''}"
         raise UserError(

@@ -42,3 +42,25 @@ def test_unreachable_dataset_names_the_command_that_fetches_it(monkeypatch: pyte
     assert "dataset 'org/set' config 'cfg' split 'test' is not in the cache at" in message
     assert "HF_HUB_OFFLINE is set" in message and "ConnectionError: no network" in message
     assert f"datasets.load_dataset('org/set', 'cfg', split='test', cache_dir='{tmp_path}')" in message
+
+
+def test_without_a_connection_only_the_cache_is_read_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """No hub reachable and HF_HUB_OFFLINE unset: the load runs offline (no half-minute of retries)."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    from common.data import sources
+
+    seen = []
+
+    def cache_only(*args, **kwargs):
+        seen.append((constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE))
+        raise ConnectionError("offline mode is enabled")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda: False)
+    monkeypatch.setattr(datasets, "load_dataset", cache_only)
+    before = constants.HF_HUB_OFFLINE
+    with pytest.raises(UserError, match="no connection to the hub: only the cache was read"):
+        load_hub_dataset("org/set", cache_dir=str(tmp_path))
+    assert seen == [(True, True)] and constants.HF_HUB_OFFLINE == before  # restored afterwards
