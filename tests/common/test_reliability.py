@@ -209,8 +209,18 @@ def test_a_quick_look_leaves_results_untouched_and_replaces_no_record(tmp_path: 
     )
     assert again.returncode == 0 and "1 complete, 0 to run" in again.stdout, again.stdout + again.stderr
     assert _tree(tables) == written
+    other_logger = subprocess.run(  # a logger switch does not rerun a run, and says it logged nothing
+        _reproduce_command(tmp_path, *cell, "overrides=[trainer.max_epochs=2]", "logger=wandb"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
+    assert "1 complete, 0 to run" in other_logger.stdout, other_logger.stdout + other_logger.stderr
+    assert "1 complete runs are not logged to W&B now" in " ".join(other_logger.stdout.split())
     attempts = sorted((tmp_path / "outputs" / "attempts").iterdir())
-    assert len(attempts) == 2 and all((a / "reproduce.log").is_file() for a in attempts)
+    assert len(attempts) == 2  # the two that ran and all((a / "reproduce.log").is_file() for a in attempts)
     records = sorted((tmp_path / "outputs" / "elr").rglob("result.json"))
     assert len(records) == 2  # one folder per config: the second run replaced nothing
     for path in records:
