@@ -78,6 +78,14 @@ class IndividualCalibrationModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(embed(self.encoder(x), self.feature_norm))
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The mixup and sampling draws continue where they were when a killed fit resumes.
+        checkpoint["ic_generator"] = self.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "ic_generator" in checkpoint:
+            self.generator.set_state(checkpoint["ic_generator"])
+
     def train(self, mode: bool = True) -> IndividualCalibrationModule:
         super().train(mode)
         self.frozen.eval()  # the anchor keeps its BatchNorm statistics

@@ -36,6 +36,7 @@ from common.eval import extract_features
 from common.eval.metrics import balanced_accuracy, shot_group_accuracy, top_k_accuracy
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
+from common.results.record import training_config
 from papers.rcal.calibration import (
     calibrate_tail,
     class_balanced_weights,
@@ -282,30 +283,49 @@ class RCALPipeline(Pipeline):
         num_real: int,
         device: torch.device,
     ) -> torch.Tensor:
-        """Stage 3; returns the fine-tuned model's test logits."""
+        """Stage 3, the stage `individual_calibration` (keyed by the run's whole training config, which
+        decides the encoder, the head and the sampled points); returns the fine-tuned model's test logits."""
         datamodule = context.datamodule
         seed = int(context.cfg.seed)
-        L.seed_everything(int(np.random.SeedSequence([seed, 3]).generate_state(1)[0]), verbose=False)
-        module = IndividualCalibrationModule(
-            copy.deepcopy(encoder).cpu().train(),
-            copy.deepcopy(head).cpu(),
-            (sampled[0].cpu(), sampled[1].cpu()),
-            feature_norm=self.feature_norm,
-            distance_weight=self.distance_weight,
-            mixup_alpha=self.mixup_alpha,
-            lr=self.ic_lr,
-            momentum=self.ic_momentum,
-            weight_decay=self.ic_weight_decay,
-            max_epochs=self.ic_epochs,
-            num_real=num_real,
-            seed=seed,
-        )
         # Never longer than stage 1 (trainer.max_epochs): a shortened run (a smoke test) shortens both.
         epochs = min(self.ic_epochs, int(context.cfg.trainer.max_epochs))
-        module.max_epochs = epochs
-        trainer = context.make_trainer(max_epochs=epochs, limit_val_batches=0)
+
+        def make_module() -> IndividualCalibrationModule:
+            module = IndividualCalibrationModule(
+                copy.deepcopy(encoder).cpu().train(),
+                copy.deepcopy(head).cpu(),
+                (sampled[0].cpu(), sampled[1].cpu()),
+                feature_norm=self.feature_norm,
+                distance_weight=self.distance_weight,
+                mixup_alpha=self.mixup_alpha,
+                lr=self.ic_lr,
+                momentum=self.ic_momentum,
+                weight_decay=self.ic_weight_decay,
+                max_epochs=self.ic_epochs,
+                num_real=num_real,
+                seed=seed,
+            )
+            module.max_epochs = epochs
+            return module
+
+        stage_seed = int(np.random.SeedSequence([seed, 3]).generate_state(1)[0])
+        overrides = {"max_epochs": epochs, "limit_val_batches": 0}
         loader = datamodule.loader(datamodule.weak_train_dataset(), shuffle=True)
-        trainer.fit(module, train_dataloaders=loader)
+        if self.cache and context.stages is not None:
+            config = {"run": training_config(context.cfg)}
+            module = context.stages.fit(
+                "individual_calibration",
+                config,
+                make_module,
+                trainer_overrides=overrides,
+                seed=stage_seed,
+                train_dataloaders=loader,
+            )
+        else:
+            module = make_module()
+            with isolate_rng(include_cuda=True):
+                L.seed_everything(stage_seed, verbose=False)
+                context.make_trainer(**overrides).fit(module, train_dataloaders=loader)
         context.curves.update(module.curves)
         module = module.to(device).eval()
         with torch.no_grad():

@@ -138,6 +138,23 @@ def test_individual_calibration_keeps_the_anchor_frozen():
     assert module.head.weight.grad is not None
 
 
+def test_a_resumed_calibration_module_continues_its_draws():
+    def make():
+        return IndividualCalibrationModule(
+            nn.Linear(4, 6), nn.Linear(6, 3), (torch.randn(7, 6), torch.randint(0, 3, (7,))), seed=5
+        )
+
+    first = make()
+    torch.randperm(10, generator=first.generator)  # draws made before the checkpoint
+    checkpoint: dict = {}
+    first.on_save_checkpoint(checkpoint)
+    resumed = make()
+    resumed.on_load_checkpoint(checkpoint)
+    assert torch.equal(
+        torch.randperm(10, generator=resumed.generator), torch.randperm(10, generator=first.generator)
+    )
+
+
 def test_linear_head_is_reproducible_from_its_seed_alone():
     """The classifier loop is a documented exception to the shared Trainer (papers/rcal/README.md, "Stages
     and resumption"): a rerun after a kill recomputes it, so its seed alone must decide it, bit for bit."""
@@ -184,8 +201,20 @@ def test_rcal_rows_run_through_the_harness(row: list[str], output_root: Path):
     assert 30 < metrics["noise/actual"] < 50  # 40% of the labels flipped (exact count over the kept images)
     for key in ("test/acc", "test/balanced_acc", "test/many_acc", "test/medium_acc", "test/group_acc"):
         assert 0 <= metrics[key] <= 100
-    # The stage-1 encoder is a stage of the run: one stored encoder.
+    # The stage-1 encoder is a stage of the run: one stored encoder; DC+IC also stores its stage 3.
     assert len(list(output_root.glob("stages/rcal/encoder/*/result.pt"))) == 1
+    calibrated = list(output_root.glob("stages/rcal/individual_calibration/*/result.pt"))
+    assert len(calibrated) == ("method.individual_calibration=true" in row)
+
+
+def test_individual_calibration_as_a_stage_equals_the_direct_fit(output_root: Path):
+    row = ["method.calibration=distributional", "method.individual_calibration=true"]
+    staged = execute(compose([*TINY, *row, f"runtime.output_root={output_root}"]))
+    direct = execute(compose([*TINY, *row, "method.cache=false", f"runtime.output_root={output_root}"]))
+    assert staged.complete and direct.complete
+    assert (
+        staged.metrics == direct.metrics and staged.curves["train/ic_loss"] == direct.curves["train/ic_loss"]
+    )
 
 
 def test_encoder_is_trained_once_for_every_noise_rate(output_root: Path):
