@@ -5,6 +5,9 @@
 #          LOGGER=csv|wandb|none OVERRIDES="trainer.max_epochs=5 ..." (every run)
 #          HYDRA_ARGS="hydra.launcher.partition=gpu ..." (the launcher) ARGS="force=true columns=[sym-40%]" (reproduce)
 #   make summary                  (confirmatory verdicts of every committed table, per paper and in total)
+#   make list                     (every paper: family, tables, mini time, verdicts, what paper scale needs)
+#   make report                   (results/index.html: every table, plot and claim, browsable offline)
+#   make reproduce PAPER=all [FAMILY=<family>]   (every paper, or one family, one after another)
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,6 +15,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 PAPER ?= ucl
+FAMILY ?=
 TABLE ?=
 SCALE ?= mini
 SEEDS ?=
@@ -29,7 +33,7 @@ seeds_arg = $(if $(strip $(SEEDS)),$(if $(findstring $(comma),$(SEEDS)),seeds=[$
 # "a=1 b=2" -> "name=['a=1','b=2']" (Hydra needs list items that contain '=' quoted)
 list_arg = $(if $(strip $(2)),"$(1)=[$(subst $(space),$(comma),$(foreach x,$(strip $(2)),'$(x)'))]")
 
-.PHONY: install reproduce summary test test-fast lint format bench bench-quick clean
+.PHONY: install reproduce summary list report test test-fast lint format bench bench-quick clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "PNU-Repro needs Python >= 3.11; run make with PYTHON=/path/to/python3.11")'
@@ -42,11 +46,17 @@ install: $(INSTALLED)
 
 reproduce: $(INSTALLED)
 	$(PY) -m common.reproduce paper=$(PAPER) scale=$(SCALE) $(seeds_arg) launcher=$(LAUNCHER) \
-		$(if $(TABLE),table=$(TABLE)) $(if $(LOGGER),logger=$(LOGGER)) \
+		$(if $(TABLE),table=$(TABLE)) $(if $(FAMILY),family=$(FAMILY)) $(if $(LOGGER),logger=$(LOGGER)) \
 		$(call list_arg,overrides,$(OVERRIDES)) $(call list_arg,hydra_args,$(HYDRA_ARGS)) $(ARGS)
 
 summary: $(INSTALLED)
 	$(PY) -m common.results.summary
+
+list: $(INSTALLED)
+	$(PY) -m common.results.listing
+
+report: $(INSTALLED)
+	$(PY) -m common.results.report
 
 test: $(INSTALLED)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)

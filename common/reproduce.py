@@ -49,7 +49,7 @@ from common.results.claims import (
     tally,
     tally_text,
 )
-from common.results.paper_spec import PaperSpec, TableSpec, available_papers, load_paper
+from common.results.paper_spec import FAMILIES, PaperSpec, TableSpec, available_papers, load_paper
 from common.results.provenance import code_hashes
 from common.results.record import (
     NON_SEMANTIC_KEYS,
@@ -725,7 +725,9 @@ def parse_options(argv: list[str]) -> DictConfig:
         raise UserError(f"malformed option: {one_line(err)}") from None
     if OmegaConf.is_missing(cfg, "paper") or cfg.paper in (None, ""):
         papers = ", ".join(available_papers())
-        raise UserError(f"choose a paper: paper=<key> (make reproduce PAPER=<key>); papers: {papers}")
+        raise UserError(
+            f"choose a paper: paper=<key> (make reproduce PAPER=<key>), or paper=all; papers: {papers}"
+        )
     _check_option_types(cfg)
     return cfg
 
@@ -740,7 +742,7 @@ def _check_option_types(cfg: DictConfig) -> None:
     for key in ("paper", "scale", "launcher"):
         if not isinstance(cfg[key], str):
             fail(key, "a name")
-    for key in ("table", "logger"):
+    for key in ("table", "logger", "family"):
         if cfg[key] is not None and not isinstance(cfg[key], str):
             fail(key, "a name or null")
     if not isinstance(cfg.force, bool):
@@ -762,9 +764,36 @@ def _check_option_types(cfg: DictConfig) -> None:
             fail(key, "a list of key=value overrides, e.g. ['trainer.max_epochs=5']")
 
 
+def reproduce_all(cfg: DictConfig) -> int:
+    """`paper=all` (`family=<family>`: one family): each paper in turn, each resumable as one paper is; a
+    paper whose runs fail does not stop the others. Exit code: the worst of the papers'."""
+    if cfg.family is not None and cfg.family not in FAMILIES:
+        raise UserError(f"family must be one of {FAMILIES}, got {cfg.family!r}")
+    if cfg.table is not None:
+        raise UserError("table= names a table of one paper; with paper=all leave it out")
+    keys = [key for key in available_papers() if cfg.family is None or load_paper(key).family == cfg.family]
+    codes: dict[str, int] = {}
+    for key in keys:
+        one = cfg.copy()
+        one.paper = key
+        codes[key] = reproduce(one)
+        if codes[key] == 130:
+            break
+    summary = Table(title=f"paper=all{f' family={cfg.family}' if cfg.family else ''}", title_justify="left")
+    summary.add_column("paper")
+    summary.add_column("result")
+    for key, code in codes.items():
+        summary.add_row(key, "[green]done[/green]" if code == 0 else f"[red]exit {code}[/red] (see above)")
+    console.print(summary)
+    return max(codes.values(), default=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        return reproduce(parse_options(sys.argv[1:] if argv is None else argv))
+        cfg = parse_options(sys.argv[1:] if argv is None else argv)
+        if cfg.paper == "all" or cfg.family is not None:
+            return reproduce_all(cfg)
+        return reproduce(cfg)
     except UserError as err:
         errors.print(Text.assemble(("error: ", "red"), str(err)))
         return 2

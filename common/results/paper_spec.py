@@ -124,6 +124,7 @@ class PaperSpec:
     code: str | None
     tables: dict[str, TableSpec]
     seeds: int | list[int] | None = None  # default seeds of `make reproduce` for this paper
+    family: str = ""  # one of FAMILIES: `make list`, `make reproduce PAPER=all FAMILY=<family>`
 
     def tables_at(self, scale: str, only: str | None = None) -> list[TableSpec]:
         if only is not None and only not in self.tables:
@@ -135,6 +136,18 @@ class PaperSpec:
                 f"no table of {self.key!r} ({', '.join(t.id for t in chosen)}) runs at scale {scale!r}"
             )
         return at_scale
+
+
+#: The families of papers the project reproduces.
+FAMILIES = (
+    "noisy_longtail",  # noisy labels, long tails, classification losses
+    "pu_weak_theory",  # positive-unlabeled, missing-not-at-random feedback, weak supervision, theory
+    "contrastive_ssl",  # hard and false negatives in contrastive and self-supervised learning
+    "semisup_gcd",  # semi-supervised learning, category discovery
+    "unlearning",  # machine unlearning
+    "embeddings",  # embedding models, retrieval
+    "llm_training",  # LLM training with negative examples
+)
 
 
 def paper_config_path(key: str, config_dir: Path = CONFIG_DIR) -> Path:
@@ -161,7 +174,9 @@ def load_paper(key: str, config_dir: Path = CONFIG_DIR) -> PaperSpec:
 
 
 def _parse_paper(key: str, raw: dict[str, Any], where: str) -> PaperSpec:
-    _only_keys(raw, {"key", "title", "arxiv", "venue", "code", "tables", "notes", "seeds"}, where)
+    _only_keys(raw, {"key", "title", "arxiv", "venue", "code", "family", "tables", "notes", "seeds"}, where)
+    if "family" in raw and raw["family"] not in FAMILIES:  # texts from before families may lack one
+        raise ValueError(f"family must be one of {FAMILIES}, got {raw['family']!r}")
     if raw.get("key", key) != key:
         raise ValueError(f"key {raw['key']!r} differs from the file name {key!r}")
     tables = {
@@ -173,7 +188,16 @@ def _parse_paper(key: str, raw: dict[str, Any], where: str) -> PaperSpec:
         or (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds))
     ):
         raise ValueError(f"seeds must be a positive count or a list of seeds, got {seeds!r}")
-    return PaperSpec(key, raw["title"], raw.get("arxiv"), raw.get("venue"), raw.get("code"), tables, seeds)
+    return PaperSpec(
+        key,
+        raw["title"],
+        raw.get("arxiv"),
+        raw.get("venue"),
+        raw.get("code"),
+        tables,
+        seeds,
+        raw.get("family", ""),
+    )
 
 
 def _parse_table(key: str, tid: str, raw: dict[str, Any], where: str) -> TableSpec:

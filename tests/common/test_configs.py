@@ -45,6 +45,14 @@ def test_every_table_is_one_file_with_a_section_per_scale():
                 assert source.is_config(f"table_scale/{key}/{table.id}/{scale}"), (key, table.id, scale)
 
 
+def test_every_paper_names_its_family():
+    from common.results.paper_spec import FAMILIES
+
+    assert {key: load_paper(key).family in FAMILIES for key in available_papers()} == {
+        key: True for key in available_papers()
+    }
+
+
 def test_every_config_file_sets_something():
     """No yaml file under conf/ is empty or holds only a Hydra package header and comments."""
     empty = []

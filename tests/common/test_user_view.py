@@ -1,0 +1,97 @@
+"""What a user sees of the whole project: `make list`, `make report`, `make reproduce PAPER=all`."""
+
+from __future__ import annotations
+
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from common import reproduce as reproduce_module
+from common.results import listing, report
+from common.results.paper_spec import FAMILIES, available_papers, load_paper
+from tests.conftest import REPO_ROOT
+
+
+def test_the_list_shows_every_paper_with_its_committed_verdicts():
+    entries = listing.collect(REPO_ROOT / "results", compose_paper_scale=False)
+    assert [e.paper.key for e in entries] == available_papers()
+    console = Console(record=True, width=200)
+    listing.render(entries, console)
+    text = console.export_text()
+    for entry in entries:
+        assert entry.paper.key in text and entry.paper.family in text
+        assert entry.run_seconds and entry.run_seconds > 0  # every paper has committed mini results
+    assert sum(e.verdicts["held"] for e in entries) > 0
+
+
+def test_paper_scale_needs_name_hub_data_weights_and_inputs_made_by_hand():
+    cfg = OmegaConf.create(
+        {
+            "trainer": {"devices": 2, "num_nodes": 2},
+            "data": {"hub_id": "org/images", "runs": {"bm25": None}, "csv_dir": "data/x", "noise_rate": 0.2},
+            "model": {"pretrained": "org/weights", "backbone": "resnet18"},
+        }
+    )
+    assert listing.paper_scale_needs(cfg) == (4, {"org/images", "org/weights"}, {"data.runs"})
+    (cet,) = listing.collect(REPO_ROOT / "results", keys=["cet"])
+    assert cet.gpus == 1 and "microsoft/ms_marco" in cet.hub and cet.hand_made == {"data.runs"}
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.links += [attrs[name] for name in ("href", "src") if name in attrs]
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+
+
+def test_the_report_links_every_committed_table_and_plot(tmp_path: Path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO_ROOT / "results", results, ignore=shutil.ignore_patterns("index.html"))
+    out = results / "index.html"
+    report.build(results, out)
+    parser = _Links()
+    parser.feed(out.read_text(encoding="utf-8"))
+    for link in parser.links:
+        if link.startswith("#"):
+            assert link[1:] in parser.ids, link
+        elif link.startswith("../papers/"):
+            assert (REPO_ROOT / link.removeprefix("../")).is_file(), link
+        else:
+            assert "://" not in link and (out.parent / link).is_file(), link
+    committed = sorted(results.glob("*/*/*.csv"))
+    assert committed
+    for csv_path in committed:
+        key, table = csv_path.parent.parent.name, csv_path.stem
+        assert f"{key}-{table}" in parser.ids, csv_path
+        if csv_path.with_suffix(".png").is_file():
+            assert csv_path.with_suffix(".png").relative_to(results).as_posix() in parser.links
+    for family in {load_paper(key).family for key in available_papers()}:
+        assert family in parser.ids
+
+
+def test_paper_all_runs_each_paper_of_a_family_and_reports_the_worst_exit(monkeypatch, capsys):
+    seen = []
+
+    def fake(cfg):
+        seen.append(cfg.paper)
+        return 1 if cfg.paper == "rcal" else 0
+
+    monkeypatch.setattr(reproduce_module, "reproduce", fake)
+    code = reproduce_module.main(["paper=all", "family=noisy_longtail", "seeds=2"])
+    family = [key for key in available_papers() if load_paper(key).family == "noisy_longtail"]
+    assert seen == family and code == 1
+    assert "exit 1" in capsys.readouterr().out
+    seen.clear()
+    assert reproduce_module.main(["paper=all"]) == 1 and seen == available_papers()
+    capsys.readouterr()
+    assert reproduce_module.main(["paper=all", "family=nope"]) == 2
+    assert f"family must be one of {FAMILIES}" in capsys.readouterr().err
