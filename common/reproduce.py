@@ -427,8 +427,9 @@ def write_results(
         table_results.append(result)
         (results_dir / f"{table.id}.md").write_text(to_markdown(result))
         write_csv(result, results_dir / f"{table.id}.csv")
-        plot_table(result, results_dir / f"{table.id}.png")
-        claim_results += [evaluate_claim(c, result, min_seeds) for c in table.claims if c.scale == scale]
+        own = [evaluate_claim(c, result, min_seeds) for c in table.claims if c.scale == scale]
+        plot_table(result, results_dir / f"{table.id}.png", own)
+        claim_results += own
     (results_dir / "claims.md").write_text(claims_markdown(paper.title, scale, claim_results))
     manifest_path = results_dir / "manifest.json"
     previous = _read_manifest(manifest_path)
