@@ -276,8 +276,21 @@ def plan(
             run.refresh()
             if run.record is None:
                 _set_aside_unreadable(run.run_dir)
+                if _adopt_legacy_folder(run):
+                    run.refresh()
             planned.append(run)
     return planned
+
+
+def _adopt_legacy_folder(run: PlannedRun) -> bool:
+    """Runs recorded before run folders were named by their config (`seed_<n>/`) are moved to their folder
+    when their record holds this very config, so finished runs survive the upgrade."""
+    legacy = run.run_dir.with_name(f"seed_{run.seed}")
+    record = read_record(legacy) if legacy != run.run_dir else None
+    if record is None or record.config_hash != run.config_hash or run.run_dir.exists():
+        return False
+    legacy.rename(run.run_dir)
+    return True
 
 
 def _set_aside_unreadable(run_dir: Path) -> None:

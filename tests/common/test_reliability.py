@@ -143,6 +143,26 @@ def test_run_folders_are_one_per_config(tmp_path: Path):
     assert full.run_dir.name == f"seed_0-{full.config_hash[:8]}"
 
 
+def test_a_run_recorded_in_a_legacy_folder_is_adopted_not_redone(tmp_path: Path):
+    from common.results.record import RunRecord, write_record
+
+    paper = load_paper("elr")
+    table = paper.tables["table1"]
+    common = [f"runtime.output_root={tmp_path}"]
+    cell = {"rows": ["CE"], "columns": ["sym-40%"]}
+    (run,) = plan(paper, [table], "mini", [0], common, **cell)
+    legacy = run.run_dir.with_name("seed_0")
+    fields = {"paper": "elr", "table": "table1", "scale": "mini", "seed": 0, "status": "complete", "cell": {}}
+    write_record(RunRecord(**fields, config_hash=run.config_hash, metrics={"test/acc": 1.0}), legacy)
+    (again,) = plan(paper, [table], "mini", [0], common, **cell)
+    assert again.record is not None and again.record.metrics == {"test/acc": 1.0}
+    assert again.run_dir.is_dir() and not legacy.exists()
+    other = legacy.with_name("seed_1")  # a record of another config stays where it is
+    write_record(RunRecord(**{**fields, "seed": 1}, config_hash="0" * 16, metrics={}), other)
+    (fresh,) = plan(paper, [table], "mini", [1], common, **cell)
+    assert fresh.record is None and other.is_dir()
+
+
 def test_the_local_cap_fits_the_machine():
     cap = local_parallelism()
     assert 1 <= cap <= (os.cpu_count() or 1)
