@@ -170,13 +170,16 @@ class StopAtStep(L.Callback):
 
 
 def slurm_environment() -> Any:
-    """Lightning's SLURM environment without its own requeue. The Hydra SLURM launcher (submitit) has sbatch
-    send USR2 before the time limit and requeues the job itself; Lightning's handler would listen for USR1,
-    which never comes, or requeue a second time. The requeued job reruns the same config, and its fit
-    resumes from the last epoch's checkpoint."""
+    """Lightning's SLURM environment. In a job array of `reproduce` (common/slurm.py) sbatch sends USR1
+    before the time limit and Lightning checkpoints and requeues the task. Under Hydra's SLURM launcher
+    (submitit, `python -m common.run --multirun hydra/launcher=slurm`) submitit has sbatch send USR2 and
+    requeues the job itself, so Lightning's own requeue stays off. Either way the requeued job reruns the
+    same config, and its fit resumes from the last epoch's checkpoint."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    return SLURMEnvironment(auto_requeue=False)
+    from common.slurm import requeue_on_signal
+
+    return SLURMEnvironment(auto_requeue=requeue_on_signal())
 
 
 class ResumableState(L.Callback):

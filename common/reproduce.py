@@ -642,6 +642,9 @@ def reproduce(cfg: DictConfig) -> int:
             'rerun them: ARGS="force=true"'
         )
     exit_code = 0
+    in_flight: list[PlannedRun] = []
+    if cfg.launcher == "slurm" and to_run:
+        to_run, in_flight = _submit_to_slurm(paper, cfg, to_run, output_root)
     if to_run:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         # One folder per attempt: its log, its run list and Hydra's sweep folder.
@@ -683,7 +686,8 @@ def reproduce(cfg: DictConfig) -> int:
             console.print(_tail(failed_log))
             exit_code = 1
     failed = [r for r in runs if r.record is not None and not r.record.complete]
-    missing = [r for r in runs if r.table in chosen and r.record is None]
+    waiting = {id(r) for r in in_flight}
+    missing = [r for r in runs if r.table in chosen and r.record is None and id(r) not in waiting]
     quick_look = quick_look_reason(paper, seeds, overrides, rows, columns, runs)
     if quick_look is None:
         results_dir = Path(cfg.results_root) / paper.key / cfg.scale
@@ -703,10 +707,38 @@ def reproduce(cfg: DictConfig) -> int:
             f"[red]failed[/red] {run.table} / {run.row} / {run.column} / seed {run.seed}: "
             f"{run.record.reason} ({run.run_dir})"
         )
+    if in_flight:
+        console.print(
+            f"{len(in_flight)} runs are on SLURM (queued or running): run the same command again to "
+            "aggregate them once they finish; it submits nothing twice."
+        )
     if missing:
         console.print(f"[red]{len(missing)} runs left no record[/red] (see the sweep log above).")
     console.print(f"results in {results_dir} ({time.perf_counter() - started:.1f} s)")
     return 1 if failed or missing else exit_code
+
+
+def _submit_to_slurm(
+    paper: PaperSpec, cfg: DictConfig, to_run: list[PlannedRun], output_root: Path
+) -> tuple[list[PlannedRun], list[PlannedRun]]:
+    """Submit the runs not already queued or running as one job array and return at once: (runs left for
+    this process to run, none with SLURM), (runs now on SLURM)."""
+    from common import slurm
+
+    busy = slurm.queued_or_running(to_run)
+    if busy:
+        console.print(f"{len(busy)} runs are already queued or running on SLURM: not submitted again")
+    busy_ids = {id(run) for run in busy}
+    pending = [run for run in to_run if id(run) not in busy_ids]
+    if pending:
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        attempt = output_root / "attempts" / f"{paper.key}-{cfg.scale}-{stamp}"
+        job = slurm.submit(pending, attempt, [str(a) for a in cfg.hydra_args], f"pnu-{paper.key}-{cfg.scale}")
+        console.print(
+            f"submitted {len(pending)} runs as SLURM job array [bold]{job}[/bold] (job script and logs in "
+            f"{attempt}); status: squeue -j {job}"
+        )
+    return [], busy + pending
 
 
 def _refreshed(runs: list[PlannedRun]) -> list[PlannedRun]:
