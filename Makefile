@@ -8,6 +8,7 @@
 #   make list                     (every paper: family, tables, mini time, verdicts, what paper scale needs)
 #   make report                   (results/index.html: every table, plot and claim, browsable offline)
 #   make reproduce PAPER=all [FAMILY=<family>]   (every paper, or one family, one after another)
+#   make fetch PAPER=<key> [TABLE=<id>] [DRY=1]  (download a paper-scale table's hub data and weights)
 
 PYTHON ?= python3
 VENV := .venv
@@ -33,7 +34,7 @@ seeds_arg = $(if $(strip $(SEEDS)),$(if $(findstring $(comma),$(SEEDS)),seeds=[$
 # "a=1 b=2" -> "name=['a=1','b=2']" (Hydra needs list items that contain '=' quoted)
 list_arg = $(if $(strip $(2)),"$(1)=[$(subst $(space),$(comma),$(foreach x,$(strip $(2)),'$(x)'))]")
 
-.PHONY: install reproduce summary list report test test-fast lint format bench bench-quick clean
+.PHONY: install reproduce summary list report fetch test test-fast lint format bench bench-quick clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "PNU-Repro needs Python >= 3.11; run make with PYTHON=/path/to/python3.11")'
@@ -57,6 +58,9 @@ list: $(INSTALLED)
 
 report: $(INSTALLED)
 	$(PY) -m common.results.report
+
+fetch: $(INSTALLED)
+	$(PY) -m common.fetch paper=$(PAPER) $(if $(TABLE),table=$(TABLE)) $(if $(DRY),dry_run=true)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)

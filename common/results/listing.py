@@ -21,6 +21,7 @@ from common.errors import UserError
 from common.results.paper_spec import FAMILIES, PaperSpec, available_papers, load_paper
 
 HUB_KEYS = ("hub_id", "dataset", "pretrained", "tokenizer")  # config keys that name a hub repository
+WEIGHT_KEYS = ("pretrained", "tokenizer")
 INPUT_SUFFIXES = ("_dir", "_path", "_file", "runs")  # config keys that name a file a user must provide
 
 
@@ -62,7 +63,8 @@ def paper_scale_needs(cfg: DictConfig) -> tuple[int, set[str], set[str]]:
         container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
         for path, value in _walk(container, f"{group}."):
             name = path.rsplit(".", 1)[-1]
-            if name in HUB_KEYS and isinstance(value, str) and "/" in value:
+            # Data sets are named <org>/<name>; weights may be a bare hub name (bert-base-uncased).
+            if name in HUB_KEYS and isinstance(value, str) and ("/" in value or name in WEIGHT_KEYS):
                 hub.add(value)
             if name.endswith(INPUT_SUFFIXES) and (
                 value is None or (isinstance(value, dict) and None in value.values())

@@ -95,3 +95,25 @@ def test_paper_all_runs_each_paper_of_a_family_and_reports_the_worst_exit(monkey
     capsys.readouterr()
     assert reproduce_module.main(["paper=all", "family=nope"]) == 2
     assert f"family must be one of {FAMILIES}" in capsys.readouterr().err
+
+
+def test_fetch_loads_exactly_what_a_paper_scale_table_reads(monkeypatch, capsys):
+    """With a fake hub that records each request and has nothing, `make fetch` asks for the table's data
+    sets (once per distinct setup, not per noise rate) and says what it could not fetch."""
+    import datasets
+
+    from common import fetch
+
+    requested = []
+
+    def fake_hub(path, name=None, split=None, **kwargs):
+        requested.append((path, name, split))
+        raise ConnectionError("the fake hub has nothing")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    assert fetch.main(["paper=elr", "table=table1"]) == 1
+    assert requested == [("uoft-cs/cifar10", None, None)]
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not fetched" in out and "0 of 1 setups cached" in out
+    assert fetch.main(["paper=cet", "dry_run=true"]) == 0
+    assert "bert-base-uncased, microsoft/ms_marco" in " ".join(capsys.readouterr().out.split())
