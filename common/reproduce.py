@@ -702,6 +702,11 @@ def reproduce(cfg: DictConfig) -> int:
         paper, all_tables, runs, cfg.scale, seeds, results_dir, int(cfg.min_seeds_for_claims)
     )
     print_results(tables, claims)
+    if logger == "wandb":
+        from common.results.wandb_tables import log_tables
+
+        log_tables(paper.key, cfg.scale, tables, claims, results_dir, output_root / "wandb-tables")
+        console.print(f"tables logged to W&B (project pnu-repro, groups {paper.key}/<table>/{cfg.scale})")
     for run in failed:
         console.print(
             f"[red]failed[/red] {run.table} / {run.row} / {run.column} / seed {run.seed}: "
