@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -77,8 +78,10 @@ def build_module(
     optim = _require(cfg, "optim", "the table's scale config must set optim.optimizer")
     optimizer = instantiate(optim.optimizer)
     scheduler = instantiate(optim.scheduler) if optim.get("scheduler") else None
+    if scheduler is not None and optim.get("scheduler_epochs") is not None:
+        scheduler = StepsFromData(scheduler, int(optim.scheduler_epochs))
     try:
-        return module_cls(
+        module = module_cls(
             backbone=build_backbone_for(cfg, datamodule),
             num_classes=datamodule.num_classes,
             num_train_examples=datamodule.num_train,
@@ -89,6 +92,28 @@ def build_module(
         )
     except TypeError as err:
         raise UserError(f"method config does not fit {name!r} ({module_cls.__qualname__}): {err}") from err
+    if isinstance(scheduler, StepsFromData):
+        scheduler.module = module
+    return module
+
+
+class StepsFromData:
+    """A per-step scheduler factory whose length comes from the data: `total_steps` = the fit's optimizer
+    steps per epoch x `epochs` (`optim.scheduler_epochs`), read from the Trainer when the module configures
+    its optimizers. A schedule laid out for more epochs than are trained (`trainer.max_epochs`) is cut, as
+    a recipe that stops early does."""
+
+    def __init__(self, factory: Any, epochs: int) -> None:
+        self.factory, self.epochs, self.module = factory, epochs, None
+
+    def __call__(self, optimizer: Any) -> Any:
+        trainer = self.module.trainer if self.module is not None else None
+        if trainer is None or not trainer.max_epochs or trainer.max_epochs < 1:
+            raise UserError(
+                "optim.scheduler_epochs needs a fit with trainer.max_epochs (the steps per epoch)"
+            )
+        per_epoch = max(1, math.ceil(trainer.estimated_stepping_batches / trainer.max_epochs))
+        return self.factory(optimizer, total_steps=per_epoch * self.epochs)
 
 
 def checkpoint_dir(run_dir: Path, cfg: DictConfig) -> Path:

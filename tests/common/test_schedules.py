@@ -39,3 +39,49 @@ def test_no_warmup_and_bad_arguments() -> None:
     for kwargs in ({"warmup_epochs": -1}, {"milestones": [3], "warmup_epochs": 5}, {"gamma": 0.0}):
         with pytest.raises(ValueError, match="warmup_epochs"):
             warmup_multistep_lr(opt, **kwargs)
+
+
+def test_a_schedule_laid_out_in_epochs_takes_its_steps_from_the_data(tmp_path):
+    """optim.scheduler_epochs: OneCycle's total_steps = the fit's steps per epoch x the epochs given."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from common.experiment import StepsFromData
+
+    class Tiny(L.LightningModule):
+        def __init__(self, scheduler):
+            super().__init__()
+            self.layer, self.scheduler_factory = torch.nn.Linear(2, 1), scheduler
+
+        def training_step(self, batch, _):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+            self.built = self.scheduler_factory(optimizer)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.built, "interval": "step"}}
+
+    spec = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "_partial_": True, "max_lr": 0.1}
+    factory = StepsFromData(instantiate(spec), epochs=80)
+    module = Tiny(factory)
+    factory.module = module
+    loader = DataLoader(TensorDataset(torch.randn(27, 2)), batch_size=4)  # 7 steps per epoch
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, loader)
+    assert module.built.total_steps == 7 * 80
+
+
+def test_pu_mlc_paper_scale_lays_one_cycle_over_80_epochs_of_its_data():
+    from tests.conftest import compose
+
+    cfg = compose(["experiment=pu_mlc/table_mlc_pl", "scale=paper"])
+    assert cfg.optim.scheduler_epochs == 80 and "total_steps" not in cfg.optim.scheduler
