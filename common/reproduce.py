@@ -78,6 +78,7 @@ class PlannedRun:
     paper_code_hash: str | None = None
     record: RunRecord | None = field(default=None, repr=False)
     training: str = ""  # what the run trains (`training_key`): cells of one training share it
+    devices: int = 1  # trainer.devices: the GPUs (and SLURM tasks) a run asks for
 
     @property
     def done(self) -> bool:
@@ -272,6 +273,7 @@ def plan(
                 config_hash(cfg),
                 paper_code_hash,
                 training=training_key(cfg),
+                devices=int(devices) if isinstance(devices := cfg.trainer.get("devices"), int) else 1,
             )
             run.refresh()
             if run.record is None:

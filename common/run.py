@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 import traceback
@@ -188,9 +189,20 @@ def execute(cfg: DictConfig) -> RunRecord:
         log.error("run failed: %s (traceback in %s)", record.reason, run_dir / "error.txt")
     record.wall_time_s = round(time.perf_counter() - start, 3)
     record.finished_at = now()
+    if _global_rank() != 0:  # the other processes of a multi-GPU run: rank 0 writes the one record
+        return record
     path = write_record(record, run_dir)
     _finish_loggers(info.get("loggers", []), record, path)
     return record
+
+
+def _global_rank() -> int:
+    """This process's rank in a multi-device run: torchrun sets RANK, SLURM SLURM_PROCID, and Lightning's own
+    launcher LOCAL_RANK on one node."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def _finish_loggers(loggers: list, record: RunRecord, record_path: Path) -> None:

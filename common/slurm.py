@@ -80,11 +80,13 @@ def job_script(runs_file: Path, count: int, settings: dict[str, Any], attempt: P
         flag.format(settings[key]) for key, flag in flags.items() if settings.get(key) not in (None, 0)
     ]
     lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives)]
+    # srun starts one process per task (per GPU) and Lightning reads each one's rank from SLURM.
+    launcher = "srun " if int(settings.get("tasks_per_node") or 1) > 1 else ""
     lines += [
         f"cd {shlex.quote(str(REPO_ROOT))}",
         f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
         f"export {REQUEUE_ENV}=1",
-        f"exec {shlex.quote(sys.executable)} -m common.run_listed {shlex.quote(str(runs_file))} "
+        f"exec {launcher}{shlex.quote(sys.executable)} -m common.run_listed {shlex.quote(str(runs_file))} "
         '"$SLURM_ARRAY_TASK_ID"',
     ]
     return "\n".join(lines) + "\n"
@@ -95,8 +97,15 @@ def submit(runs: list, attempt: Path, hydra_args: list[str], name: str) -> str:
     attempt.mkdir(parents=True, exist_ok=True)
     runs_file = attempt / "runs.json"
     runs_file.write_text(json.dumps([run.overrides for run in runs], indent=1))
+    settings = job_settings(hydra_args)
+    devices = max((getattr(run, "devices", 1) for run in runs), default=1)
+    given = {arg.lstrip("+").split("=", 1)[0].removeprefix("hydra.launcher.") for arg in hydra_args}
+    if devices > 1:  # a multi-GPU run (devices=<n>gpu): one task per GPU, as Lightning's DDP on SLURM expects
+        for key in ("gpus_per_node", "tasks_per_node"):
+            if key not in given:
+                settings[key] = devices
     script = attempt / "job.sh"
-    script.write_text(job_script(runs_file, len(runs), job_settings(hydra_args), attempt, name))
+    script.write_text(job_script(runs_file, len(runs), settings, attempt, name))
     try:
         done = subprocess.run(
             ["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=120, check=True

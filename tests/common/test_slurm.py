@@ -100,3 +100,34 @@ def test_slurm_submits_returns_skips_queued_runs_and_aggregates_after(tmp_path: 
     assert third.returncode == 0, third.stdout + third.stderr
     assert "2 complete, 0 to run" in third.stdout
     assert (tmp_path / "outputs" / "tables" / "elr" / "mini" / "table1.csv").is_file()
+
+
+def test_a_multi_gpu_run_is_one_override_set_together(monkeypatch):
+    """devices=4gpu: four devices with DDP for the Trainer, four GPUs and four srun tasks for its SLURM job;
+    configured and built on the CPU (no GPU here)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from common.experiment import build_trainer
+    from tests.conftest import compose
+
+    cfg = compose(["experiment=elr/table1", "scale=paper", "devices=4gpu", "trainer.accelerator=cpu"])
+    assert cfg.trainer.devices == 4 and cfg.trainer.strategy == "ddp"
+    trainer = build_trainer(cfg, checkpoint=False)
+    assert trainer.num_devices == 4 and isinstance(trainer.strategy, DDPStrategy)
+    assert compose(["experiment=elr/table1", "scale=paper"]).trainer.devices == 1  # the default: one
+
+
+def test_a_multi_gpu_job_asks_for_a_gpu_and_a_task_per_device(tmp_path: Path, monkeypatch):
+    from types import SimpleNamespace
+
+    from common.slurm import submit
+
+    fake = tmp_path / "sbatch"
+    fake.write_text("#!/bin/bash\necho 42\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    runs = [SimpleNamespace(overrides=["seed=0"], run_dir=tmp_path / "run0", devices=4)]
+    assert submit(runs, tmp_path / "attempt", [], "pnu-test") == "42"
+    script = (tmp_path / "attempt" / "job.sh").read_text()
+    assert "#SBATCH --gpus-per-node=4" in script and "#SBATCH --ntasks-per-node=4" in script
+    assert "exec srun " in script and (tmp_path / "run0" / "submitted.json").is_file()
