@@ -6,6 +6,7 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
@@ -154,3 +155,36 @@ def test_an_aggregated_table_is_logged_to_its_wandb_group(tmp_path: Path, monkey
     assert json.loads(logged_table.read_text())["columns"][:4] == ["paper_table", "scale", "row", "column"]
     assert "elr_beats_ce_sym40" in logged_claims.read_text()
     assert list(run_dir.rglob("figure_*.png"))
+
+
+def test_the_report_renders_in_headless_chromium(tmp_path: Path):
+    """Where a Chromium is installed: it loads the page from the file system and builds its DOM."""
+    import subprocess
+
+    browser = next(
+        (
+            found
+            for name in ("chromium", "chromium-browser", "google-chrome")
+            if (found := shutil.which(name))
+        ),
+        None,
+    )
+    if browser is None:
+        pytest.skip("no Chromium installed")
+    results = tmp_path / "results"
+    shutil.copytree(REPO_ROOT / "results", results, ignore=shutil.ignore_patterns("index.html"))
+    report.build(results, results / "index.html")
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+            (results / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dom.returncode == 0 and "PNU-Repro results" in dom.stdout and "<img" in dom.stdout
