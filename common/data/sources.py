@@ -158,6 +158,13 @@ def load_hub_dataset(
             else ""
         )
         which = f"{hub_id!r}{f' config {name!r}' if name else ''}{f' split {split!r}' if split else ''}"
+        offline_now = bool(os.environ.get("HF_HUB_OFFLINE")) or unreachable
+        if not offline_now and not isinstance(err, ConnectionError | TimeoutError):
+            # Reachable, yet not loaded: a wrong name, config or split, or a gated data set; not the cache.
+            raise UserError(
+                f"dataset {which} could not be loaded from the HuggingFace hub "
+                f"({type(err).__name__}: {err}); check the data config's hub id, config name and split (and access, for a gated data set)"
+            ) from err
         raise UserError(
             f"dataset {which} is not in the cache at {cache} and the HuggingFace hub could not be "
             f"reached{offline} "

@@ -64,3 +64,18 @@ def test_without_a_connection_only_the_cache_is_read_at_once(monkeypatch: pytest
     with pytest.raises(UserError, match="no connection to the hub: only the cache was read"):
         load_hub_dataset("org/set", cache_dir=str(tmp_path))
     assert seen == [(True, True)] and constants.HF_HUB_OFFLINE == before  # restored afterwards
+
+
+def test_a_load_that_fails_online_is_not_reported_as_missing_from_the_cache(monkeypatch, tmp_path):
+    from common.data import sources
+
+    def wrong_config(*args, **kwargs):
+        raise ValueError("BuilderConfig 'nope' not found")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", wrong_config)
+    with pytest.raises(
+        UserError, match="could not be loaded from the HuggingFace hub .*BuilderConfig 'nope'"
+    ):
+        load_hub_dataset("org/set", name="nope", cache_dir=str(tmp_path))
