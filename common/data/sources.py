@@ -163,7 +163,8 @@ def load_hub_dataset(
             # Reachable, yet not loaded: a wrong name, config or split, or a gated data set; not the cache.
             raise UserError(
                 f"dataset {which} could not be loaded from the HuggingFace hub "
-                f"({type(err).__name__}: {err}); check the data config's hub id, config name and split (and access, for a gated data set)"
+                f"({type(err).__name__}: {err}); check the data config's hub id, config name and split "
+                "(and access, for a gated data set)"
             ) from err
         raise UserError(
             f"dataset {which} is not in the cache at {cache} and the HuggingFace hub could not be "
