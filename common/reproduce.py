@@ -79,6 +79,7 @@ class PlannedRun:
     record: RunRecord | None = field(default=None, repr=False)
     training: str = ""  # what the run trains (`training_key`): cells of one training share it
     devices: int = 1  # trainer.devices: the GPUs (and SLURM tasks) a run asks for
+    committed: bool = False  # its record comes from the committed results (`adopt_committed_runs`)
 
     @property
     def done(self) -> bool:
@@ -435,16 +436,13 @@ def write_results(
     from common.results.plots import plot_table
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    table_results, claim_results = [], []
-    for table in tables:
-        records = [run.record for run in runs if run.table == table.id and run.record is not None]
-        result = TableResult(table, scale, records)
-        table_results.append(result)
+    table_results, claim_results = compute_results(tables, runs, scale, min_seeds)
+    for result in table_results:
+        table = result.spec
         (results_dir / f"{table.id}.md").write_text(to_markdown(result))
         write_csv(result, results_dir / f"{table.id}.csv")
-        own = [evaluate_claim(c, result, min_seeds) for c in table.claims if c.scale == scale]
+        own = [c for c in claim_results if c.table == table.id]
         plot_table(result, results_dir / f"{table.id}.png", own)
-        claim_results += own
     (results_dir / "claims.md").write_text(claims_markdown(paper.title, scale, claim_results))
     manifest_path = results_dir / "manifest.json"
     previous = _read_manifest(manifest_path)
@@ -453,6 +451,55 @@ def write_results(
     if previous is not None:
         _report_changed_values(changed_values(previous, manifest), previous)
     return table_results, claim_results
+
+
+def compute_results(
+    tables: list[TableSpec], runs: list[PlannedRun], scale: str, min_seeds: int
+) -> tuple[list[TableResult], list[ClaimResult]]:
+    """Each table's aggregate of the runs' records and its claims' verdicts at `scale`."""
+    table_results, claim_results = [], []
+    for table in tables:
+        records = [run.record for run in runs if run.table == table.id and run.record is not None]
+        result = TableResult(table, scale, records)
+        table_results.append(result)
+        claim_results += [evaluate_claim(c, result, min_seeds) for c in table.claims if c.scale == scale]
+    return table_results, claim_results
+
+
+def adopt_committed_runs(runs: list[PlannedRun], paper: str, scale: str, manifest_path: Path) -> int:
+    """Runs without a record of their own whose committed result (`manifest_path`) holds the same config,
+    made by the same paper code, count as complete with the committed values: a fresh clone aggregates
+    the committed tables instead of recomputing them (`force=true` reruns). Returns how many."""
+    manifest = _read_manifest(manifest_path)
+    if not manifest:
+        return 0
+    committed = {(r["table"], r["row"], r["column"], int(r["seed"])): r for r in manifest.get("runs", [])}
+    adopted = 0
+    for run in runs:
+        entry = committed.get((run.table, run.row, run.column, run.seed))
+        if run.record is not None or entry is None or entry.get("status") != "complete":
+            continue
+        if entry.get("config_hash") != run.config_hash or entry.get("paper_code_hash") != run.paper_code_hash:
+            continue
+        run.record = RunRecord(
+            paper=paper,
+            table=run.table,
+            scale=scale,
+            seed=run.seed,
+            cell={"row": run.row, "column": run.column},
+            status="complete",
+            config_hash=run.config_hash,
+            metrics=dict(entry.get("metrics") or {}),
+            wall_time_s=float(entry.get("wall_time_s") or 0.0),
+            git_sha=entry.get("git_sha"),
+            git_dirty=entry.get("git_dirty"),
+            paper_code_hash=entry.get("paper_code_hash"),
+            common_code_hash=entry.get("common_code_hash"),
+            extra={"committed_result": str(manifest_path)},
+        )
+        run.committed = True
+        adopted += 1
+    return adopted
 
 
 def _portable(override: str) -> str | None:
@@ -629,6 +676,13 @@ def reproduce(cfg: DictConfig) -> int:
             "set results_root= to a writable one",
         )
     console.rule(f"[bold]{paper.key}[/bold]: {paper.title}")
+    committed_manifest = Path(cfg.results_root) / paper.key / cfg.scale / "manifest.json"
+    adopted = 0 if cfg.force else adopt_committed_runs(runs, paper.key, cfg.scale, committed_manifest)
+    if adopted:
+        console.print(
+            f"{adopted} runs are complete in the committed results ({committed_manifest}): their values are "
+            'used as they are; ARGS="force=true" reruns them'
+        )
     chosen = {t.id for t in selected}
     to_run = [r for r in runs if r.table in chosen and (cfg.force or not r.done)]
     trainings = len({run.training for run in to_run})
@@ -691,6 +745,12 @@ def reproduce(cfg: DictConfig) -> int:
     waiting = {id(r) for r in in_flight}
     missing = [r for r in runs if r.table in chosen and r.record is None and id(r) not in waiting]
     quick_look = quick_look_reason(paper, seeds, overrides, rows, columns, runs)
+    if adopted and all(run.committed for run in runs if run.record is not None):
+        # Nothing measured here: the committed results are current; print them, rewrite nothing.
+        tables, claims = compute_results(all_tables, runs, cfg.scale, int(cfg.min_seeds_for_claims))
+        print_results(tables, claims)
+        console.print(f"the committed results in {committed_manifest.parent} are current; nothing written")
+        return 1 if [r for r in runs if r.table in chosen and r.record is None] else 0
     if quick_look is None:
         results_dir = Path(cfg.results_root) / paper.key / cfg.scale
     else:

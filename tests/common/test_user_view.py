@@ -188,3 +188,18 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path):
         timeout=120,
     )
     assert dom.returncode == 0 and "PNU-Repro results" in dom.stdout and "<img" in dom.stdout
+
+
+def test_a_fresh_clone_aggregates_the_committed_runs_instead_of_rerunning(tmp_path: Path, capsys):
+    results = tmp_path / "results"
+    shutil.copytree(REPO_ROOT / "results" / "elr", results / "elr")
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    code = reproduce_module.main(
+        ["paper=elr", f"output_root={tmp_path / 'outputs'}", f"results_root={results}"]
+    )
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0, out
+    assert "30 runs are complete in the committed results" in out and "30 complete, 0 to run" in out
+    assert "are current; nothing written" in out and "confirmatory: 3 held" in out
+    assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == before
+    assert not list((tmp_path / "outputs").rglob("result.json"))  # nothing ran
