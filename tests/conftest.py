@@ -65,3 +65,29 @@ def first_in_session(tmp_path_factory, worker_id: str):
         return True
 
     return claim
+
+
+def committed_table_result(key: str, table_id: str, scale: str = "mini"):
+    """(TableResult, evaluated claims) of a committed table, rebuilt from its manifest's per-run values."""
+    import json
+    from types import SimpleNamespace
+
+    from common.results.aggregate import TableResult
+    from common.results.claims import evaluate_claim
+    from common.results.paper_spec import load_paper
+
+    table = load_paper(key).tables[table_id]
+    manifest = json.loads((REPO_ROOT / "results" / key / scale / "manifest.json").read_text())
+    records = [
+        SimpleNamespace(
+            complete=run["status"] == "complete",
+            cell={"row": run["row"], "column": run["column"]},
+            metrics=run["metrics"],
+            curves={},
+            seed=run["seed"],
+        )
+        for run in manifest["runs"]
+        if run["table"] == table_id
+    ]
+    result = TableResult(table, scale, records)
+    return result, [evaluate_claim(c, result, 1) for c in table.claims if c.scale == scale]

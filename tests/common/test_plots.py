@@ -3,19 +3,14 @@ gaps claims are about, the legend off the bars, and each claim's interval beside
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.collections import PathCollection
 
-from common.results.aggregate import TableResult
-from common.results.claims import evaluate_claim
-from common.results.paper_spec import load_paper
 from common.results.plots import fitted_range, plot_table, table_figure
-from tests.conftest import REPO_ROOT
+from tests.conftest import committed_table_result
 
 
 def test_the_range_starts_at_zero_only_where_zero_is_near():
@@ -27,27 +22,8 @@ def test_the_range_starts_at_zero_only_where_zero_is_near():
     assert fitted_range([float("nan"), None]) == (0.0, 1.0)
 
 
-def _elr_result() -> tuple[TableResult, list]:
-    """The committed elr table1 (its manifest's per-run values) and its evaluated claims."""
-    table = load_paper("elr").tables["table1"]
-    manifest = json.loads((REPO_ROOT / "results/elr/mini/manifest.json").read_text())
-    records = [
-        SimpleNamespace(
-            complete=True,
-            cell={"row": r["row"], "column": r["column"]},
-            metrics=r["metrics"],
-            curves={},
-            seed=r["seed"],
-        )
-        for r in manifest["runs"]
-        if r["table"] == "table1"
-    ]
-    result = TableResult(table, "mini", records)
-    return result, [evaluate_claim(c, result, 1) for c in table.claims if c.scale == "mini"]
-
-
 def test_paper_numbers_are_filled_dark_edged_and_drawn_above_the_bars(tmp_path: Path):
-    result, claims = _elr_result()
+    result, claims = committed_table_result("elr", "table1")
     fig = table_figure(result, claims)
     bars_axis, claims_axis = fig.axes[0], fig.axes[-1]
     assert len(fig.axes) == 3  # bars, curves, claims

@@ -121,29 +121,13 @@ def test_fetch_loads_exactly_what_a_paper_scale_table_reads(monkeypatch, capsys)
 
 
 def test_an_aggregated_table_is_logged_to_its_wandb_group(tmp_path: Path, monkeypatch):
-    import json
-    from types import SimpleNamespace
-
-    from common.results.aggregate import TableResult, write_csv
-    from common.results.claims import evaluate_claim
+    from common.results.aggregate import write_csv
     from common.results.plots import plot_table
     from common.results.wandb_tables import log_tables
+    from tests.conftest import committed_table_result
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    table = load_paper("elr").tables["table1"]
-    manifest = json.loads((REPO_ROOT / "results/elr/mini/manifest.json").read_text())
-    records = [
-        SimpleNamespace(
-            complete=True,
-            cell={"row": r["row"], "column": r["column"]},
-            metrics=r["metrics"],
-            curves={},
-            seed=r["seed"],
-        )
-        for r in manifest["runs"]
-    ]
-    result = TableResult(table, "mini", records)
-    claims = [evaluate_claim(c, result, 1) for c in table.claims if c.scale == "mini"]
+    result, claims = committed_table_result("elr", "table1")
     write_csv(result, tmp_path / "table1.csv")
     plot_table(result, tmp_path / "table1.png", claims)
     assert log_tables("elr", "mini", [result], claims, tmp_path, tmp_path / "wandb") == [
@@ -152,7 +136,12 @@ def test_an_aggregated_table_is_logged_to_its_wandb_group(tmp_path: Path, monkey
     (run_dir,) = (tmp_path / "wandb").rglob("offline-run-*-elr-mini-table1-table")
     (logged_table,) = run_dir.rglob("table_*.table.json")
     (logged_claims,) = run_dir.rglob("claims_*.table.json")
-    assert json.loads(logged_table.read_text())["columns"][:4] == ["paper_table", "scale", "row", "column"]
+    assert __import__("json").loads(logged_table.read_text())["columns"][:4] == [
+        "paper_table",
+        "scale",
+        "row",
+        "column",
+    ]
     assert "elr_beats_ce_sym40" in logged_claims.read_text()
     assert list(run_dir.rglob("figure_*.png"))
 
