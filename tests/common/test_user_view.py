@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -136,12 +137,8 @@ def test_an_aggregated_table_is_logged_to_its_wandb_group(tmp_path: Path, monkey
     (run_dir,) = (tmp_path / "wandb").rglob("offline-run-*-elr-mini-table1-table")
     (logged_table,) = run_dir.rglob("table_*.table.json")
     (logged_claims,) = run_dir.rglob("claims_*.table.json")
-    assert __import__("json").loads(logged_table.read_text())["columns"][:4] == [
-        "paper_table",
-        "scale",
-        "row",
-        "column",
-    ]
+    columns = json.loads(logged_table.read_text())["columns"]
+    assert columns[:4] == ["paper_table", "scale", "row", "column"]
     assert "elr_beats_ce_sym40" in logged_claims.read_text()
     assert list(run_dir.rglob("figure_*.png"))
 
