@@ -90,6 +90,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 results[(name, global_negatives)] = (loss / WORLD_SIZE, grads)
         if rank == 0:
             torch.save(results, Path(out_dir) / "distributed.pt")
+        # Both processes leave together: a rank that tears gloo down while the other still sends aborts.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -103,7 +105,17 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    for attempt in range(3):
+        try:
+            mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+            break
+        except mp.ProcessExitedException:
+            # gloo now and then aborts a process at teardown ("terminate called without an active
+            # exception") after the results are written; anything else, or three aborts, is a failure.
+            if (out_dir / "distributed.pt").exists():
+                break
+            if attempt == 2:
+                raise
     return torch.load(out_dir / "distributed.pt")
 
 
