@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from common.results.record import read_record
@@ -20,8 +21,8 @@ pytestmark = pytest.mark.slow
 TINY = ["paper=elr", "table=table1", "columns=[sym-40%]", "overrides=['trainer.max_epochs=2']"]
 
 
-def _reproduce(tmp_path: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [
+def _command(tmp_path: Path, *extra: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "common.reproduce",
@@ -30,16 +31,45 @@ def _reproduce(tmp_path: Path, *extra: str, timeout: int = 300) -> subprocess.Co
         f"results_root={tmp_path / 'results'}",
         *extra,
     ]
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _reproduce(tmp_path: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _command(tmp_path, *extra), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _records(tmp_path: Path) -> dict[Path, object]:
     return {p.parent: read_record(p.parent) for p in (tmp_path / "outputs").rglob("result.json")}
 
 
+def _sweep_counting_workers(command: list[str], log: Path) -> tuple[subprocess.CompletedProcess, int]:
+    """Runs a sweep; returns its outcome and the most submitit worker processes seen alive at once."""
+    with log.open("w") as out:  # a file, not a pipe: nobody reads a pipe while the loop polls
+        child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+    most = 0
+    while child.poll() is None:
+        workers = 0
+        try:
+            for process in psutil.Process(child.pid).children(recursive=True):
+                try:
+                    workers += "submitit.core._submit" in " ".join(process.cmdline())
+                except psutil.Error:
+                    pass
+        except psutil.NoSuchProcess:
+            pass
+        most = max(most, workers)
+        time.sleep(0.1)
+    return subprocess.CompletedProcess(command, child.returncode, log.read_text(), ""), most
+
+
 def test_submitit_local_sweep_writes_tables_and_reuses_records(tmp_path: Path):
-    first = _reproduce(tmp_path, "seeds=2", "launcher=submitit_local")
+    # Four runs, a process each, at most two at once (the cap keeps a big sweep within the machine's memory).
+    first, most = _sweep_counting_workers(
+        _command(tmp_path, "seeds=2", "launcher=submitit_local", "max_parallel=2"), tmp_path / "first.log"
+    )
     assert first.returncode == 0, first.stdout + first.stderr
+    assert 1 <= most <= 2, most
     records = _records(tmp_path)
     assert len(records) == 4 and all(r.complete for r in records.values())
     # A quick look (a column subset, overrides, development seeds) never writes the committed results.

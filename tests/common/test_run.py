@@ -154,5 +154,9 @@ def test_wandb_logger_offline_groups_runs_by_table(output_root: Path, monkeypatc
     offline = list(run_dir.rglob("offline-run-*"))
     assert offline, "no offline W&B run written"
     assert (offline[0] / "files" / "result.json").exists()  # the run record is uploaded with the run
+    import wandb
+
+    # The service writes the run's stream asynchronously: shut it down so the stream is complete.
+    wandb.teardown()
     stream = next(offline[0].glob("run-*.wandb")).read_bytes()
     assert b"elr/table1/mini" in stream and b"noise_rate" in stream  # group = table; resolved config
