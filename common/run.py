@@ -15,22 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from common.checks import check_run_config
 from common.config import CONFIG_DIR, register_resolvers
 from common.errors import NonFiniteLossError, UserError
-from common.experiment import (
-    build_datamodule,
-    build_loggers,
-    build_module,
-    build_trainer,
-    checkpoint_dir,
-    configure_runtime,
-)
-from common.lit.pipeline import Pipeline, RunContext
-from common.lit.stages import Stages
 from common.registry import lookup
 from common.results.provenance import code_hashes_at_start
 from common.results.record import (
@@ -86,6 +75,10 @@ def _experiment_choice() -> str | None:
 
 
 def _train(cfg: DictConfig, run_dir: Path, datamodule: Any) -> tuple[dict, dict, dict]:
+    from common.experiment import build_loggers, build_module, build_trainer, checkpoint_dir
+    from common.lit.pipeline import Pipeline, RunContext
+    from common.lit.stages import Stages
+
     method_cls = lookup("method", cfg.method.name)
     loggers = build_loggers(cfg, run_dir)
     if isinstance(method_cls, type) and issubclass(method_cls, Pipeline):
@@ -139,6 +132,11 @@ def execute(cfg: DictConfig) -> RunRecord:
     ):
         log.info("complete record found in %s; skipping", run_dir)
         return existing
+    # Lightning and the training stack load here, after the checks: a bad input fails in about a second.
+    import lightning as L
+
+    from common.experiment import build_datamodule, configure_runtime
+
     configure_runtime(cfg.runtime.get("num_threads"))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     sha, dirty = git_state()

@@ -279,15 +279,23 @@ def test_sigterm_stops_every_process_of_the_sweep(tmp_path: Path, launcher: str)
     assert child.returncode == 130
 
 
-@pytest.mark.slow  # three kills during a sweep, then an uninterrupted sweep to compare with
-def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
-    """Six runs of the elr table (one epoch each): killed (SIGKILL to the process group) three times at
-    random moments, then finished; no finished run is redone, no partial record is left, and the table
-    equals the one of an uninterrupted sweep byte for byte."""
-    args = ["seeds=1", "columns=[sym-20%,sym-40%,sym-60%]", "overrides=[trainer.max_epochs=1]"]
+def _started_runs(root: Path) -> set[Path]:
+    """Run folders of `root`'s outputs that a run has entered (it writes its config first)."""
+    return {p.parent for p in (root / "outputs").rglob("seed_*/config.yaml")}
+
+
+@pytest.mark.slow  # two kills during a sweep, its resumption, and an uninterrupted sweep to compare with
+def test_kill_9_during_a_sweep_loses_nothing_and_resumes_to_the_same_table(tmp_path: Path):
+    """Four runs of the elr table. SIGKILL to the process group (a preemption: no clean-up at all), once
+    just after the first run finished and once at a random moment of a run in progress; then the same
+    command resumes: no finished run is redone, no partial record is left, nothing is aggregated from a
+    partial sweep, and the table equals the one of an uninterrupted sweep byte for byte."""
+    args = ["seeds=1", "columns=[sym-20%,sym-40%]", "overrides=[trainer.max_epochs=3]"]
     killed, rng = tmp_path / "killed", random.Random(13)
     started: dict[Path, str] = {}
-    for _ in range(3):
+    for kill in range(2):
+        known = _started_runs(killed)
+        finished = set((killed / "outputs").rglob("result.json"))
         child = subprocess.Popen(
             _reproduce_command(killed, *args),
             cwd=REPO_ROOT,
@@ -295,17 +303,28 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        time.sleep(rng.uniform(3.5, 9.0))
+        deadline = time.time() + 120
+        while time.time() < deadline and child.poll() is None:
+            if kill == 0 and set((killed / "outputs").rglob("result.json")) - finished:
+                break  # a run has just finished: the next one is starting
+            if kill == 1 and _started_runs(killed) - known:
+                time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside a run
+                break
+            time.sleep(0.1)
+        assert child.poll() is None, "the sweep ended before it could be killed"
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
         for path in (killed / "outputs").rglob("result.json"):
             record = read_record(path.parent)
             assert record is not None and record.complete  # a record is whole or absent
             assert started.setdefault(path.parent, record.started_at) == record.started_at  # not redone
-    finished = subprocess.run(
+    assert 1 <= len(started) < 4, started
+    assert not (killed / "outputs" / "tables").exists()  # nothing aggregated from a partial sweep
+    resumed = subprocess.run(
         _reproduce_command(killed, *args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
     )
-    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{len(started)} complete, {4 - len(started)} to run" in resumed.stdout
     for folder, when in started.items():
         assert read_record(folder).started_at == when
     clean = tmp_path / "clean"

@@ -1,10 +1,9 @@
-"""`common.reproduce` end to end on a tiny sweep: launchers, reuse of records, interrupt and resume."""
+"""`common.reproduce` end to end on a tiny sweep: launchers, reuse of records, user errors. (Kills during a
+sweep and its resumption: test_reliability.)"""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -100,40 +99,6 @@ def test_submitit_local_sweep_writes_tables_and_reuses_records(tmp_path: Path):
 
     explicit = _reproduce(tmp_path, "seeds=[1,7]")  # explicit seeds: seed 1 is reused, seed 7 is new
     assert explicit.returncode == 0 and "2 complete, 2 to run" in explicit.stdout
-
-
-def test_interrupted_sweep_resumes_with_only_the_missing_runs(tmp_path: Path):
-    command = [
-        sys.executable,
-        "-m",
-        "common.reproduce",
-        "paper=elr",
-        "table=table1",
-        "columns=[sym-40%]",
-        "overrides=['trainer.max_epochs=20']",
-        "seeds=3",
-        f"output_root={tmp_path / 'outputs'}",
-        f"results_root={tmp_path / 'results'}",
-    ]
-    child = subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "outputs").rglob("result.json")):
-        time.sleep(0.2)
-    os.killpg(child.pid, signal.SIGKILL)  # as hard as a preemption: no clean-up at all
-    child.wait()
-    before = _records(tmp_path)
-    assert 1 <= len(before) < 6 and all(r.complete for r in before.values())
-    assert not (tmp_path / "results").exists()  # nothing aggregated from a partial sweep
-
-    resumed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"{len(before)} complete, {6 - len(before)} to run" in resumed.stdout
-    after = _records(tmp_path)
-    assert len(after) == 6 and all(r.complete for r in after.values())
-    for path, record in before.items():
-        assert after[path].started_at == record.started_at  # finished runs were not redone
 
 
 def test_reproduce_user_errors(tmp_path: Path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import common.run
+import common.experiment
 from common.experiment import build_datamodule, build_module, build_trainer
 from common.lit import RunContext
 from common.lit.cross_val import STAGE_NAME, cross_val_predict_proba, cross_val_stage_config
@@ -87,7 +87,7 @@ def test_pipeline_writes_a_complete_record_and_caches_the_cross_validation(
     def no_trainer(*args, **kwargs):
         raise AssertionError("cross-validation was recomputed instead of read from the cache")
 
-    monkeypatch.setattr(common.run, "build_trainer", no_trainer)
+    monkeypatch.setattr(common.experiment, "build_trainer", no_trainer)  # run.py imports it per run
     again = _run(output_root, "predicted_neq_given", "method.retrain=false")
     assert again.complete, again.reason
     assert DETECT_METRICS <= set(again.metrics) and "test/acc" not in again.metrics
@@ -110,7 +110,7 @@ def test_retrain_does_not_depend_on_whether_the_stages_were_stored(
     def no_trainer(*args, **kwargs):
         raise AssertionError("a stored stage was trained again")
 
-    monkeypatch.setattr(common.run, "build_trainer", no_trainer)
+    monkeypatch.setattr(common.experiment, "build_trainer", no_trainer)  # run.py imports it per run
     rerun = _run(output_root, "both", "runtime.force=true")
     assert rerun.extra["stages_reused"] == [STAGE_NAME, RETRAIN_STAGE] and not rerun.extra["stages_computed"]
     assert rerun.metrics == cold.metrics and rerun.curves == cold.curves

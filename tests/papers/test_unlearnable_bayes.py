@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-import common.run
+import common.experiment
 from common.experiment import ResumableState
 from common.run import execute
 from papers.unlearnable_bayes import (
@@ -182,7 +182,7 @@ def test_mixed_table_beo_run_reuses_its_stages(output_root: Path, monkeypatch: p
     def no_trainer(*args, **kwargs):
         raise AssertionError("a stored stage was trained again")
 
-    monkeypatch.setattr(common.run, "build_trainer", no_trainer)
+    monkeypatch.setattr(common.experiment, "build_trainer", no_trainer)  # run.py imports it per run
     rerun = _run([*overrides, "runtime.force=true"], output_root)
     assert rerun.extra["stages_reused"] == ["beo_round", "victim"] and not rerun.extra["stages_computed"]
     assert rerun.metrics == record.metrics and rerun.curves == record.curves
