@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common.data import corruptions
+from common.data.shapes import load_shapes
 from common.data.sources import ArrayData, load_digits, load_hub_dataset, make_gaussian_mixture, make_random
 from common.errors import UserError
 from common.registry import register_datamodule
@@ -32,7 +33,7 @@ NOISE_TYPES = (
 )
 # CIFAR-100 asymmetric protocol: each class flips to the next one within its block of 5 consecutive classes.
 CIFAR100_ASYMMETRIC_MAP = tuple((i // 5) * 5 + (i + 1) % 5 for i in range(100))
-MINI_SOURCES = ("digits", "gaussian_mixture", "random")
+MINI_SOURCES = ("digits", "gaussian_mixture", "shapes", "random")
 
 
 class TensorBatchSampler(torch.utils.data.Sampler):
@@ -147,8 +148,8 @@ def corrupt_labels(
 class ClassificationDataModule(L.LightningDataModule):
     """Train/test classification data with seeded label corruption of the training split.
 
-    `source` is a mini source (digits, gaussian_mixture, random) or `hub` (paper scale: `hub_id`). The clean
-    training labels are kept (`train_labels_clean`) beside the corrupted ones (`train_labels`)."""
+    `source` is a mini source (digits, gaussian_mixture, shapes, random) or `hub` (paper scale: `hub_id`). The
+    clean training labels are kept (`train_labels_clean`) beside the corrupted ones (`train_labels`)."""
 
     def __init__(
         self,
@@ -221,6 +222,8 @@ class ClassificationDataModule(L.LightningDataModule):
             return load_digits(test_fraction=self.test_fraction, **kwargs)
         if self.source == "gaussian_mixture":
             return make_gaussian_mixture(test_fraction=self.test_fraction, **kwargs)
+        if self.source == "shapes":
+            return load_shapes(test_fraction=self.test_fraction, cache_dir=self.cache_dir, **kwargs)
         shape = self._declared_shape or ((3, self.image_size, self.image_size) if self.hub_id else None)
         if self._declared_num_classes is None or shape is None:
             raise UserError("data.source=random needs data.num_classes and data.input_shape")

@@ -31,7 +31,7 @@ class ArrayData:
         return tuple(self.x_train.shape[1:])
 
 
-def _stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> ArrayData:
+def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> ArrayData:
     from sklearn.model_selection import train_test_split
 
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
@@ -46,7 +46,7 @@ def load_digits(*, test_fraction: float = 0.3, split_seed: int = 0, as_image: bo
     x = (bunch.data / 16.0).astype(np.float32)
     if as_image:
         x = x.reshape(-1, 1, 8, 8)
-    return _stratified_split(x, bunch.target, test_fraction, split_seed)
+    return stratified_split(x, bunch.target, test_fraction, split_seed)
 
 
 def make_gaussian_mixture(
@@ -72,7 +72,7 @@ def make_gaussian_mixture(
         random_state=split_seed,
     )
     x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
-    return _stratified_split(x, y, test_fraction, split_seed)
+    return stratified_split(x, y, test_fraction, split_seed)
 
 
 def make_random(
