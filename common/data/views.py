@@ -34,9 +34,12 @@ class TensorViewAugment:
     One affine resampling (bilinear, zero padding) does crop-and-resize (a crop of `crop_scale` of the area
     with aspect ratio in `crop_ratio`, placed uniformly inside the image), rotation by up to
     `max_rotation` degrees and a horizontal flip with probability `flip_prob`. Then, with probability
-    `intensity_prob`, brightness and contrast factors in [1 - intensity_jitter, 1 + intensity_jitter];
-    Gaussian noise of std `noise_std`; and with probability `erase_prob` a zeroed rectangle of
-    `erase_scale` of the area (random erasing)."""
+    `intensity_prob`, brightness and contrast factors in [1 - intensity_jitter, 1 + intensity_jitter] and,
+    on colour images, a saturation factor in [1 - saturation_jitter, 1 + saturation_jitter] and a hue
+    rotation of up to `hue_jitter` of a turn (in YIQ space, a differentiable stand-in for SimCLR's colour
+    jitter); with probability `grayscale_prob` a colour image becomes grey; Gaussian noise of std
+    `noise_std`; and with probability `erase_prob` a zeroed rectangle of `erase_scale` of the area (random
+    erasing). Colour steps left at 0 draw no random numbers, so settings without them keep their stream."""
 
     def __init__(
         self,
@@ -50,8 +53,16 @@ class TensorViewAugment:
         noise_std: float = 0.05,
         erase_prob: float = 0.5,
         erase_scale: Sequence[float] = (0.05, 0.2),
+        saturation_jitter: float = 0.0,
+        hue_jitter: float = 0.0,
+        grayscale_prob: float = 0.0,
     ):
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
+        self.saturation_jitter, self.hue_jitter, self.grayscale_prob = (
+            saturation_jitter,
+            hue_jitter,
+            grayscale_prob,
+        )
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise UserError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         self.max_rotation, self.flip_prob = max_rotation, flip_prob
@@ -95,6 +106,15 @@ class TensorViewAugment:
             mean = out.mean(dim=(1, 2, 3), keepdim=True)
             out = (out - mean) * contrast.view(-1, 1, 1, 1).to(x.dtype) + mean
             out = out * brightness.view(-1, 1, 1, 1).to(x.dtype)
+        colour = x.shape[1] == 3
+        if colour and self.intensity_prob > 0 and (self.saturation_jitter > 0 or self.hue_jitter > 0):
+            apply = (torch.rand(batch, generator=generator) < self.intensity_prob).to(x.dtype)
+            saturation = 1 + apply * uniform(-self.saturation_jitter, self.saturation_jitter)
+            turn = apply * uniform(-self.hue_jitter, self.hue_jitter) * 2 * math.pi
+            out = _saturate_and_rotate_hue(out, saturation.to(x.dtype), turn.to(x.dtype))
+        if colour and self.grayscale_prob > 0:
+            grey = (torch.rand(batch, generator=generator) < self.grayscale_prob).view(-1, 1, 1, 1)
+            out = torch.where(grey, _luma(out).expand_as(out), out)
         if self.noise_std > 0:
             out = out + self.noise_std * torch.randn(out.shape, generator=generator, dtype=x.dtype)
         if self.erase_prob > 0:
@@ -111,6 +131,28 @@ class TensorViewAugment:
             mask = (in_rows[:, :, None] & in_cols[:, None, :]) & apply[:, None, None]
             out = out.masked_fill(mask[:, None], 0.0)
         return out
+
+
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _luma(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) luma of RGB images."""
+    return torch.einsum("c,bchw->bhw", _RGB_TO_YIQ[0].to(images.dtype), images)[:, None]
+
+
+def _saturate_and_rotate_hue(
+    images: torch.Tensor, saturation: torch.Tensor, turn: torch.Tensor
+) -> torch.Tensor:
+    """Scales the chroma (I, Q) of each RGB image by `saturation` and rotates it by `turn` radians."""
+    to_yiq = _RGB_TO_YIQ.to(images.dtype)
+    yiq = torch.einsum("dc,bchw->bdhw", to_yiq, images)
+    cos, sin = torch.cos(turn) * saturation, torch.sin(turn) * saturation
+    i, q = yiq[:, 1], yiq[:, 2]
+    rotated_i = cos.view(-1, 1, 1) * i - sin.view(-1, 1, 1) * q
+    rotated_q = sin.view(-1, 1, 1) * i + cos.view(-1, 1, 1) * q
+    yiq = torch.stack([yiq[:, 0], rotated_i, rotated_q], 1)
+    return torch.einsum("cd,bdhw->bchw", torch.linalg.inv(to_yiq), yiq)
 
 
 class AugmentedTensorDataset(TensorBatchDataset):
@@ -167,7 +209,8 @@ class MultiViewDataModule(ClassificationDataModule):
     """ClassificationDataModule whose training loader yields two augmented views per example.
 
     In-memory sources use `TensorViewAugment` (keys crop_scale, crop_ratio, max_rotation, flip_prob,
-    intensity_jitter, intensity_prob, noise_std, erase_prob, erase_scale). Hub sources use SimCLR's
+    intensity_jitter, intensity_prob, saturation_jitter, hue_jitter, tensor_grayscale_prob, noise_std,
+    erase_prob, erase_scale). Hub sources use SimCLR's
     augmentations: RandomResizedCrop(view_size, crop_scale, crop_ratio), horizontal flip (flip_prob),
     ColorJitter(*color_jitter) with probability color_jitter_prob, RandomGrayscale(grayscale_prob), Gaussian
     blur (blur_kernel_size, blur_sigma) with probability blur_prob, then normalisation. `drop_last` drops
@@ -187,6 +230,9 @@ class MultiViewDataModule(ClassificationDataModule):
         noise_std: float = 0.0,
         erase_prob: float = 0.0,
         erase_scale: Sequence[float] = (0.05, 0.2),
+        saturation_jitter: float = 0.0,
+        hue_jitter: float = 0.0,
+        tensor_grayscale_prob: float = 0.0,
         view_size: int | None = None,
         color_jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
         color_jitter_prob: float = 0.8,
@@ -209,6 +255,9 @@ class MultiViewDataModule(ClassificationDataModule):
             noise_std=noise_std,
             erase_prob=erase_prob,
             erase_scale=erase_scale,
+            saturation_jitter=saturation_jitter,
+            hue_jitter=hue_jitter,
+            grayscale_prob=tensor_grayscale_prob,
         )
         self.simclr = {
             "view_size": view_size,

@@ -284,6 +284,30 @@ def test_tensor_augment_erases_a_rectangle():
     assert torch.equal((out == 0).sum(dim=(1, 2, 3)), torch.full((4,), 16))  # a 4x4 square each
 
 
+def test_tensor_colour_jitter_matches_torchvision_and_keeps_luma():
+    from torchvision.transforms.v2 import functional as TF
+
+    from common.data.views import _saturate_and_rotate_hue
+
+    x = torch.rand(4, 3, 8, 8, dtype=torch.float64)
+    factors = torch.tensor([0.5, 0.7, 0.9, 1.0], dtype=torch.float64)
+    desaturated = _saturate_and_rotate_hue(x, factors, torch.zeros(4, dtype=torch.float64))
+    for image, factor, ours in zip(x, factors, desaturated, strict=True):  # toward grey: no clamping
+        torch.testing.assert_close(ours, TF.adjust_saturation(image, float(factor)), atol=2e-3, rtol=0)
+    ones = torch.ones(4, dtype=torch.float64)
+    turned = _saturate_and_rotate_hue(x, ones, torch.full((4,), 1.3, dtype=torch.float64))
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(1, 3, 1, 1)
+    torch.testing.assert_close((turned * luma).sum(1), (x * luma).sum(1))  # a hue turn keeps brightness
+    assert not torch.allclose(turned, x)
+    full_turn = _saturate_and_rotate_hue(x, ones, torch.full((4,), 2 * torch.pi, dtype=torch.float64))
+    torch.testing.assert_close(full_turn, x)
+    grey = TensorViewAugment(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), max_rotation=0.0,
+                             intensity_jitter=0.0, noise_std=0.0, erase_prob=0.0,
+                             grayscale_prob=1.0)  # fmt: skip
+    out = grey(x.float(), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, TF.rgb_to_grayscale(x.float(), num_output_channels=3), atol=2e-3, rtol=0)
+
+
 def test_hub_views_use_simclr_augmentations():
     datamodule = MultiViewDataModule("hub", hub_id="unused", image_size=32, blur_prob=0.5)
     transform = datamodule.simclr_transform()
