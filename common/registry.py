@@ -28,8 +28,10 @@ _discovered = False
 _BUILTIN_MODULES = (
     "common.data.datamodule",
     "common.data.views",
+    "common.data.pu",
     "common.lit.classification",
     "common.lit.contrastive",
+    "common.lit.pu",
     "common.lit.recommender",
     "common.losses",
 )
