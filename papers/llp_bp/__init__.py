@@ -1,7 +1,14 @@
 """Learning from Label Proportions: Bootstrapping Supervised Learners via Belief Propagation (Havaldar,
 Sharma, Sareen, Shanmugam, Raghuveer; ICLR 2024): LLP-BP against DLLP, EasyLLP and the bag prior."""
 
-from papers.llp_bp.bp import BinaryPairwiseMRF, brute_force_marginals, log_score, loopy_bp_marginals
+from papers.llp_bp.bp import (
+    BinaryPairwiseMRF,
+    BPResult,
+    brute_force_marginals,
+    log_score,
+    loopy_bp,
+    loopy_bp_marginals,
+)
 from papers.llp_bp.data import LLPTabularDataModule
 from papers.llp_bp.gibbs import (
     SimilarityGraph,
@@ -22,6 +29,7 @@ from papers.llp_bp.pipeline import (
 
 __all__ = [
     "BagPriorPipeline",
+    "BPResult",
     "BinaryPairwiseMRF",
     "ClassifierFit",
     "DLLPPipeline",
@@ -39,6 +47,7 @@ __all__ = [
     "knn_similarity_graph",
     "llp_bp_mrf",
     "log_score",
+    "loopy_bp",
     "loopy_bp_marginals",
     "matern_half",
 ]

@@ -13,7 +13,9 @@ on the training examples that are in a bag and reports the test AUC (%) of its f
 - `llp_bp_oracle`: BCE on the true instance labels (a supervised reference, not an LLP method).
 Pseudo-label quality on the training examples (`pseudo/auc`, `pseudo/acc`: AUC of the soft pseudo-labels
 and accuracy of the hard ones against the hidden labels) is reported by the LLP-BP methods and
-`llp_bp_bag_prior`. A run's (metrics, curves) are a stage named after its method, stored under
+`llp_bp_bag_prior`. The LLP-BP methods also record BP's convergence per round (`bp/final_delta`: the
+largest message change of the last iteration, log-odds; `bp/converged`: 100 when below BP_CONVERGED_DELTA).
+A run's (metrics, curves) are a stage named after its method, stored under
 `<output_root>/stages/llp_bp/<method>/<key>/` and keyed by everything that decides them (`stage_config`: the
 method's parameters, the data split, model, optimiser, schedule and seed), so the pseudo-label table reads the
 runs of the AUC table and the `llp_bp_val_select` candidates reuse the `llp_bp` runs.
@@ -35,7 +37,7 @@ from omegaconf import OmegaConf
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from papers.llp_bp.bp import loopy_bp_marginals
+from papers.llp_bp.bp import loopy_bp
 from papers.llp_bp.data import LLPTabularDataModule
 from papers.llp_bp.gibbs import knn_similarity_graph, llp_bp_mrf
 from papers.llp_bp.learners import (
@@ -47,6 +49,9 @@ from papers.llp_bp.learners import (
     easyllp_loss,
     predict_proba,
 )
+
+# A run's BP counts as converged when its last iteration changed no message by more than this (log-odds).
+BP_CONVERGED_DELTA = 1e-3
 
 
 class LLPPipeline(Pipeline):
@@ -220,7 +225,8 @@ class LLPBPPipeline(LLPPipeline):
             mrf = llp_bp_mrf(
                 len(y_true), graph, bag_of, counts, sim_lambda=p["sim_lambda"], bag_lambda=p["bag_lambda"]
             )
-            marginals = loopy_bp_marginals(mrf, num_iters=p["bp_iters"], damping=p["damping"]).numpy()
+            bp = loopy_bp(mrf, num_iters=p["bp_iters"], damping=p["damping"])  # every iteration, as PGMax
+            marginals = bp.marginals.numpy()
             pseudo = (marginals >= p["threshold"]).astype(np.float32)
             model, fit = self.fit_on_targets(x, torch.from_numpy(pseudo), f"round{round_id}", round_id)
             edges = graph.edges
@@ -228,6 +234,10 @@ class LLPBPPipeline(LLPPipeline):
                 "pseudo/auc": auc_percent(y_true, marginals),
                 "pseudo/acc": 100.0 * float((pseudo == y_true).mean()),
                 "pseudo/positive_rate": 100.0 * float(pseudo.mean()),
+                # BP convergence: the largest change of a message (log-odds) in the last iteration; converged
+                # (100, else 0) when it is below BP_CONVERGED_DELTA
+                "bp/final_delta": bp.final_delta,
+                "bp/converged": 100.0 * float(bp.final_delta < BP_CONVERGED_DELTA),
                 "graph/edges": float(len(edges)),
                 "graph/label_agreement": 100.0 * float((y_true[edges[:, 0]] == y_true[edges[:, 1]]).mean())
                 if len(edges)
