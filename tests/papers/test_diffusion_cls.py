@@ -13,6 +13,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from omegaconf import OmegaConf
 
 from common.run import execute
+from papers.diffusion_cls.headroom import headroom, mini_data_config
 from papers.diffusion_cls.heads import HeadFit, build_head, head_accuracy, head_loader
 from papers.diffusion_cls.unet import build_scheduler, noised_block_features, prepare_inputs, resolve_block
 from tests.conftest import REPO_ROOT, compose
@@ -151,6 +152,10 @@ def test_head_fit_is_bitwise_the_former_loop_and_separates_separable_features():
             assert head_accuracy(heads[1], x, y) == 100.0
 
 
+# The mini tables' generated images, fewer of them: the harness tests check stages and plumbing, not accuracy.
+SMALL_DATA = ["data.source_kwargs.num_samples=200"]
+
+
 def _stage_results(output_root: Path, name: str) -> dict[Path, int]:
     """The stored results of stage `name` (one folder per key), with their modification times."""
     results = (output_root / "stages" / "diffusion_cls" / name).glob("*/result.pt")
@@ -158,7 +163,7 @@ def _stage_results(output_root: Path, name: str) -> dict[Path, int]:
 
 
 def test_runs_through_the_harness_with_ddpm_stage_and_selection(output_root: Path):
-    common = ["scale=mini", "model.ddpm_training.steps=3", "method.head_training.epochs=2",
+    common = ["scale=mini", *SMALL_DATA, "model.ddpm_training.steps=3", "method.head_training.epochs=2",
               "runtime.progress=false", "logger=none", f"runtime.output_root={output_root}"]  # fmt: skip
     t_block = ["experiment=diffusion_cls/t_block", "method.timestep=90", *common]
     record = execute(compose(t_block))
@@ -197,7 +202,7 @@ def test_head_stage_resumes_after_a_kill_and_a_rerun_reuses_it(
     """A run killed after the first epoch of its `diffusion_head` stage resumes it from the stage's checkpoint
     and ends with the metrics of an uninterrupted run; a forced rerun reuses every stage, with equal
     metrics."""
-    overrides = ["experiment=diffusion_cls/t_block", "scale=mini", "model.ddpm_training.steps=2",
+    overrides = ["experiment=diffusion_cls/t_block", "scale=mini", *SMALL_DATA, "model.ddpm_training.steps=2",
                  "method.head_training.epochs=3", "method.cache_blocks=[]", "runtime.progress=false",
                  "logger=none"]  # fmt: skip
     whole = execute(compose([*overrides, f"runtime.output_root={output_root / 'whole'}"]))
@@ -223,3 +228,12 @@ def test_head_stage_resumes_after_a_kill_and_a_rerun_reuses_it(
     assert again.extra["stages_computed"] == []
     assert again.extra["stages_reused"] == ["ddpm", "diffusion_features", "diffusion_head"]
     assert again.metrics == whole.metrics
+
+
+def test_headroom_check_reads_the_mini_data_and_trains_both_references():
+    data = mini_data_config(SMALL_DATA)
+    assert data["source"] == "shapes" and data["source_kwargs"]["image_size"] == 16
+    result = headroom(data, seeds=[0], epochs=1)
+    assert result["num_train"] + result["num_test"] == 200
+    for key in ("linear_pixels", "small_cnn"):
+        assert len(result[key]) == 1 and 0 <= result[f"{key}_mean"] <= 100
