@@ -80,7 +80,10 @@ class ClassificationModule(L.LightningModule):
         log_epoch_metrics(self, {"train/loss": mean_loss, "train/memorized": memorized})
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["x"])
+        self.count_correct(self(batch["x"]), batch)
+
+    def count_correct(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        """Adds a validation batch's correct predictions of the clean labels to the epoch's accuracy."""
         correct = (logits.argmax(1) == batch["y_clean"]).sum()
         self._val_stats += torch.stack([correct, correct.new_tensor(len(logits))]).float()
 

@@ -43,8 +43,9 @@ class PUModule(ClassificationModule):
         return logits[:, 1] - logits[:, 0]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        self._scores.append(self.score(self(batch["x"])).detach())
+        logits = self(batch["x"])  # one forward for both the accuracy and the AUROC
+        self.count_correct(logits, batch)
+        self._scores.append(self.score(logits).detach())
         self._labels.append(batch["y_clean"])
 
     def on_validation_epoch_end(self) -> None:
