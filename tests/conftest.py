@@ -46,14 +46,15 @@ def compose(overrides: list[str]):
 
 
 @pytest.fixture(scope="session")
-def first_in_session(tmp_path_factory, worker_id: str):
+def first_in_session(tmp_path_factory, request):
     """`claim(key) -> bool`: True for the first test of the whole session (across xdist workers) that claims
     `key`, False after. Expensive checks that depend only on `key` (a training step of one backbone at one
     input shape) then run once per session, whichever test reaches them first."""
     import hashlib
 
     base = tmp_path_factory.getbasetemp()
-    shared = (base if worker_id == "master" else base.parent) / "claims"
+    under_xdist = hasattr(request.config, "workerinput")  # also without the xdist plugin (`-p no:xdist`)
+    shared = (base.parent if under_xdist else base) / "claims"
     shared.mkdir(exist_ok=True)
 
     def claim(key: str) -> bool:

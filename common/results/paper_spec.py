@@ -125,6 +125,9 @@ class PaperSpec:
     tables: dict[str, TableSpec]
     seeds: int | list[int] | None = None  # default seeds of `make reproduce` for this paper
     family: str = ""  # one of FAMILIES: `make list`, `make reproduce PAPER=all FAMILY=<family>`
+    # A cross-paper table's sources: the papers whose registered methods its cells name. Their code is part
+    # of this paper's code hash (common/results/provenance.py), so a change there marks its results stale.
+    methods_from: tuple[str, ...] = ()
 
     def tables_at(self, scale: str, only: str | None = None) -> list[TableSpec]:
         if only is not None and only not in self.tables:
@@ -174,7 +177,11 @@ def load_paper(key: str, config_dir: Path = CONFIG_DIR) -> PaperSpec:
 
 
 def _parse_paper(key: str, raw: dict[str, Any], where: str) -> PaperSpec:
-    _only_keys(raw, {"key", "title", "arxiv", "venue", "code", "family", "tables", "notes", "seeds"}, where)
+    _only_keys(
+        raw,
+        {"key", "title", "arxiv", "venue", "code", "family", "tables", "notes", "seeds", "methods_from"},
+        where,
+    )
     if "family" in raw and raw["family"] not in FAMILIES:  # texts from before families may lack one
         raise ValueError(f"family must be one of {FAMILIES}, got {raw['family']!r}")
     if raw.get("key", key) != key:
@@ -188,6 +195,11 @@ def _parse_paper(key: str, raw: dict[str, Any], where: str) -> PaperSpec:
         or (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds))
     ):
         raise ValueError(f"seeds must be a positive count or a list of seeds, got {seeds!r}")
+    methods_from = raw.get("methods_from") or []
+    if not (isinstance(methods_from, list) and all(isinstance(m, str) for m in methods_from)):
+        raise ValueError(f"methods_from must be a list of paper keys, got {methods_from!r}")
+    if key in methods_from:
+        raise ValueError("methods_from lists the paper itself; list only the other papers it runs methods of")
     return PaperSpec(
         key,
         raw["title"],
@@ -197,6 +209,7 @@ def _parse_paper(key: str, raw: dict[str, Any], where: str) -> PaperSpec:
         tables,
         seeds,
         raw.get("family", ""),
+        tuple(methods_from),
     )
 
 

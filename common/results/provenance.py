@@ -1,7 +1,8 @@
 """Which code produced a run: hashes of the paper's package and of the files of `common/` it runs.
 
 The rule (stable, so a hash changes only when the code does):
-- `paper_code_hash`: every `.py` file under `papers/<key>/`.
+- `paper_code_hash`: every `.py` file under `papers/<key>/`, and under `papers/<other>/` for each paper its
+  `paper.yaml` lists in `methods_from` (a cross-paper table runs those papers' registered methods).
 - `common_code_hash`: the `.py` files of `common/` reached by following `import common...` statements
   (anywhere in a file, lazy imports included) from the paper's files, from the run entry (`common.run`) and
   from the modules that register common's built-in methods and data modules (`common.registry`), with the
@@ -15,6 +16,8 @@ import hashlib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+import yaml
 
 from common.config import REPO_ROOT
 
@@ -83,8 +86,19 @@ def files_hash(files: list[Path], root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def methods_from(paper: str, root: Path = REPO_ROOT) -> list[str]:
+    """The other papers whose methods a paper's tables run (`methods_from` in its paper.yaml), if any."""
+    path = root / "conf" / "papers" / paper / "paper.yaml"
+    if not path.is_file():
+        return []
+    return list((yaml.safe_load(path.read_text()) or {}).get("methods_from") or [])
+
+
 def paper_files(paper: str, root: Path = REPO_ROOT) -> list[Path]:
-    return sorted((root / "papers" / paper).rglob("*.py"))
+    """The paper's own `.py` files and those of the papers it takes methods from."""
+    return sorted(
+        path for key in (paper, *methods_from(paper, root)) for path in (root / "papers" / key).rglob("*.py")
+    )
 
 
 def code_hashes(paper: str, root: Path = REPO_ROOT) -> CodeHashes:
@@ -127,7 +141,8 @@ def manifest_problems(manifest: dict, current: CodeHashes) -> tuple[list[str], l
             errors.append(f"{key} {where} was run from a dirty tree (git_dirty {run['git_dirty']}); {rerun}")
     paper_hashes = {run.get("paper_code_hash") for run in manifest.get("runs", [])}
     if paper_hashes != {current.paper}:
-        errors.append(f"{key}: papers/{key}/ changed since its {scale} results were made; {rerun}")
+        sources = ", ".join(f"papers/{k}/" for k in (key, *methods_from(key)))
+        errors.append(f"{key}: {sources} changed since its {scale} results were made; {rerun}")
     tables = sorted(
         {run["table"] for run in manifest.get("runs", []) if run.get("common_code_hash") != current.common}
     )

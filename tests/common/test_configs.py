@@ -93,6 +93,11 @@ def test_every_cell_composes_and_instantiates(paper: str, table_id: str, scale: 
         assert cfg.paper == paper and cfg.table == table_id and cfg.scale.name == scale
         datamodule = build_datamodule(cfg)
         method = lookup("method", cfg.method.name)
+        source = method.__module__.split(".")
+        assert source[0] == "common" or source[1] in (paper, *spec.methods_from), (
+            f"{paper}/{table_id}: method {cfg.method.name!r} comes from papers/{source[1]}/; a table may run"
+            f" its own paper's methods, common's, or those of the papers listed in `methods_from`"
+        )
         if isinstance(method, type) and issubclass(method, Pipeline):
             continue
         if scale == "paper":  # paper data is not here: instantiate the model against the paper's shapes

@@ -174,6 +174,30 @@ def test_code_hash_covers_the_paper_and_the_common_files_it_imports(tmp_path: Pa
     assert code_hashes("toy", tmp_path).paper != second.paper
 
 
+def test_code_hash_of_a_cross_paper_table_covers_the_papers_it_takes_methods_from(tmp_path: Path):
+    _tree(
+        tmp_path,
+        {
+            "common/__init__.py": "",
+            "common/util.py": "X = 1\n",
+            "papers/source/__init__.py": "from common.util import X\n",
+            "papers/other/__init__.py": "",
+            "papers/table/__init__.py": "",
+            "conf/papers/table/paper.yaml": "key: table\nmethods_from: [source]\n",
+        },
+    )
+    first = code_hashes("table", tmp_path)
+    assert "common/util.py" in first.common_files  # reached from the source paper's files
+    (tmp_path / "papers/other/__init__.py").write_text("Y = 2\n")
+    assert code_hashes("table", tmp_path) == first
+    (tmp_path / "papers/source/__init__.py").write_text("from common.util import X\nZ = 3\n")
+    assert code_hashes("table", tmp_path).paper != first.paper
+    run = {**_manifest()["runs"][0], "paper_code_hash": first.paper}
+    manifest = {"paper": "table", "scale": "mini", "runs": [run]}
+    errors, _ = manifest_problems(manifest, code_hashes("table", tmp_path))
+    assert any("papers/table/" in e for e in errors)
+
+
 def _manifest(**run_changes) -> dict:
     run = {
         "table": "t",
