@@ -139,6 +139,7 @@ class PartialMultiLabelDataModule(L.LightningDataModule):
         source_kwargs: dict[str, Any] | None = None,
         hub_id: str | None = None,
         hub_name: str | None = None,
+        hub_revision: str | None = None,
         image_key: str = "image",
         label_key: str = "labels",
         train_split: str = "train",
@@ -162,7 +163,8 @@ class PartialMultiLabelDataModule(L.LightningDataModule):
         self.positive_flip = float(positive_flip)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.test_fraction, self.source_kwargs = test_fraction, dict(source_kwargs or {})
-        self.hub_id, self.hub_name, self.image_key, self.label_key = hub_id, hub_name, image_key, label_key
+        self.hub_id, self.hub_name, self.hub_revision = hub_id, hub_name, hub_revision
+        self.image_key, self.label_key = image_key, label_key
         self.train_split, self.test_split = train_split, test_split
         self.scale_size, self.image_size = scale_size, image_size
         self.mean, self.std = tuple(mean), tuple(std)
@@ -220,9 +222,11 @@ class PartialMultiLabelDataModule(L.LightningDataModule):
 
         if not self.hub_id:
             raise UserError("data.source=hub needs data.hub_id (a HuggingFace dataset id)")
-        kwargs = {"name": self.hub_name} if self.hub_name else {}
-        dataset = load_hub_dataset(self.hub_id, cache_dir=self.cache_dir, **kwargs)
-        train, test = dataset[self.train_split], dataset[self.test_split]
+        kwargs = {"name": self.hub_name, "revision": self.hub_revision, "cache_dir": self.cache_dir}
+        # One load per split: a split may join several of the hub's ("train+validation" is VOC's trainval).
+        train, test = (
+            load_hub_dataset(self.hub_id, split=s, **kwargs) for s in (self.train_split, self.test_split)
+        )
         if self._declared_num_classes is None:
             raise UserError("data.num_classes must be set for hub multi-label data")
         self.num_classes = int(self._declared_num_classes)

@@ -133,6 +133,39 @@ def test_datamodule_keeps_the_label_proportion():
     assert batch["y"].shape == batch["y_true"].shape == (64, datamodule.num_classes)
 
 
+def test_paper_scale_voc_reads_trainval_and_test_from_the_hub(monkeypatch):
+    """The paper's VOC 2007 split: trainval (the hub's train+validation) for training, test for evaluation;
+    labels from class-index lists. The hub is replaced by a stand-in that records what was asked."""
+    import datasets
+    from PIL import Image
+
+    import papers.pu_mlc.data as data_module
+
+    asked = []
+
+    def fake_hub(hub_id, *, split, **kwargs):
+        asked.append((hub_id, split, kwargs["name"], kwargs["revision"]))
+        sizes = {"train+validation": 5, "test": 3}
+        rows = {
+            "image": [Image.new("RGB", (8, 8))] * sizes[split],
+            "classes": [[0, 14], [19], [3, 3], [7], [1]],
+        }
+        return datasets.Dataset.from_dict(
+            {"image": rows["image"], "classes": rows["classes"][: sizes[split]]}
+        )
+
+    monkeypatch.setattr(data_module, "load_hub_dataset", fake_hub)
+    cfg = compose(["experiment=pu_mlc/table_mlc_pl", "scale=paper", "runtime.progress=false"])
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    assert [a[1] for a in asked] == ["train+validation", "test"]
+    assert {(a[0], a[2], a[3]) for a in asked} == {
+        ("fuliucansheng/pascal_voc", "voc2007_main", "refs/convert/parquet")
+    }
+    assert datamodule.num_train == 5 and datamodule.test_true.shape == (3, 20)
+    assert datamodule.train_true[0].nonzero()[0].tolist() == [0, 14] and datamodule.train_true[2].sum() == 1
+
+
 @pytest.mark.parametrize("method", ["pu_mlc", "pu_mlc_an_bce", "pu_mlc_known_bce"])
 def test_run_completes(method: str, output_root: Path):
     record = execute(
