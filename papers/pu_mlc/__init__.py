@@ -11,12 +11,14 @@ from papers.pu_mlc.loss import (
     rebalance_factor,
 )
 from papers.pu_mlc.module import AssumeNegativeBCEModule, KnownLabelBCEModule, MultiLabelModule, PUMLCModule
+from papers.pu_mlc.single_label import PUMLCSingleLabelModule, single_label_observed
 
 __all__ = [
     "AssumeNegativeBCEModule",
     "KnownLabelBCEModule",
     "MultiLabelModule",
     "PUMLCModule",
+    "PUMLCSingleLabelModule",
     "PartialMultiLabelDataModule",
     "adaptive_temperature",
     "assume_negative_bce",
@@ -27,4 +29,5 @@ __all__ = [
     "pu_mlc_mixup_regularizer",
     "pu_mlc_variational_loss",
     "rebalance_factor",
+    "single_label_observed",
 ]

@@ -213,15 +213,26 @@ class PUMLCModule(MultiLabelModule):
         return loss
 
     def _mixup_loss(self, x: torch.Tensor, logits: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-        # Official mixup: first half (permuted) mixed with the second half (the middle example of an odd
-        # batch is left out); one lam for the batch.
-        n = len(x)
-        first, second = slice(0, n // 2), slice(math.ceil(n / 2), n)
-        if n < 2:
-            first = second = slice(0, n)
-        targets = mixup_targets(logits, observed)
-        perm = torch.randperm(first.stop - first.start, device=x.device)
-        lam = torch.distributions.Beta(self.mix_alpha, self.mix_alpha).sample().to(x.device)
-        mixed = lam * x[first][perm] + (1.0 - lam) * x[second]
-        log_phi_mixed = F.logsigmoid(self(mixed).float())
-        return pu_mlc_mixup_regularizer(log_phi_mixed, targets[first][perm], targets[second], lam)
+        return two_half_mixup_loss(x, logits, observed, self, self.mix_alpha)
+
+
+def two_half_mixup_loss(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    observed: torch.Tensor,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    mix_alpha: float,
+) -> torch.Tensor:
+    """The official MixUp term: the first half of the batch (permuted) mixed with the second half (the middle
+    example of an odd batch is left out), one lam ~ Beta(mix_alpha, mix_alpha) for the batch; `logits_of`
+    maps inputs to (N, C) logits."""
+    n = len(x)
+    first, second = slice(0, n // 2), slice(math.ceil(n / 2), n)
+    if n < 2:
+        first = second = slice(0, n)
+    targets = mixup_targets(logits, observed)
+    perm = torch.randperm(first.stop - first.start, device=x.device)
+    lam = torch.distributions.Beta(mix_alpha, mix_alpha).sample().to(x.device)
+    mixed = lam * x[first][perm] + (1.0 - lam) * x[second]
+    log_phi_mixed = F.logsigmoid(logits_of(mixed).float())
+    return pu_mlc_mixup_regularizer(log_phi_mixed, targets[first][perm], targets[second], lam)

@@ -133,6 +133,25 @@ def test_datamodule_keeps_the_label_proportion():
     assert batch["y"].shape == batch["y_true"].shape == (64, datamodule.num_classes)
 
 
+def test_single_label_reduction_is_the_official_loss_on_the_binary_score():
+    """On a PU batch (y 1: labelled positive, 0: unlabelled) the upu row's loss, MixUp off, is the official
+    vpuLoss on the one column s = logit_1 - logit_0; its gradient reaches both logits."""
+    from papers.pu_mlc import PUMLCSingleLabelModule, single_label_observed
+
+    torch.manual_seed(0)
+    logits = torch.randn(12, 2, requires_grad=True)
+    y = torch.tensor([1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0])
+    assert single_label_observed(y)[:, 0].tolist() == [1 if v else UNKNOWN for v in y.tolist()]
+    module = PUMLCSingleLabelModule.__new__(PUMLCSingleLabelModule)
+    module.alpha, module.gamma, module.mixup = 2.0, 0.85, False
+    loss = PUMLCSingleLabelModule.compute_loss(module, logits, {"y": y})
+    scores = (logits[:, 1] - logits[:, 0])[:, None]
+    expected = official_vpu_loss(scores, (y == 1).long()[:, None], gamma=0.85, alpha=2.0)
+    assert torch.allclose(loss, expected, atol=1e-5)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert torch.allclose(grad[:, 0], -grad[:, 1]) and grad.abs().sum() > 0
+
+
 def test_paper_scale_voc_reads_trainval_and_test_from_the_hub(monkeypatch):
     """The paper's VOC 2007 split: trainval (the hub's train+validation) for training, test for evaluation;
     labels from class-index lists. The hub is replaced by a stand-in that records what was asked."""

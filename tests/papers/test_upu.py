@@ -37,5 +37,7 @@ def test_rows_are_the_registered_pu_methods():
         "uPU": "upu",
         "nnPU": "nnpu",
         "VPU": "vpu",
+        "PU-MLC": "pu_mlc_single_label",
         "PN oracle": "pn_oracle",
     }
+    assert load_paper("upu").methods_from == ("pu_mlc",)  # the PU-MLC row's code is part of the table's hash
