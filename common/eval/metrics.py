@@ -226,6 +226,24 @@ def clustering_accuracy(clusters: Any, targets: Any) -> float:
     return 100.0 * float((mapped == t).mean())
 
 
+def gcd_accuracy(clusters: Any, targets: Any, old_classes: Any) -> dict[str, float]:
+    """Generalized category discovery's All / Old / New accuracy (%): one Hungarian matching of cluster ids to
+    classes over all the unlabelled examples, then the share of matched predictions among all examples, among
+    those of the known ("old") classes and among those of the novel ("new") ones, each weighted by instance
+    (Vaze et al., CVPR 2022; `split_cluster_acc_v2` of the GCD and SimGCD code). A part with no example is
+    NaN."""
+    c = _targets(clusters).cpu().numpy()
+    t = _targets(targets, len(c)).cpu().numpy()
+    mapping = hungarian_match(c, t)
+    correct = np.array([mapping.get(int(x), -1) for x in c]) == t
+    old = np.isin(t, np.asarray(list(old_classes), dtype=np.int64))
+
+    def share(mask: np.ndarray) -> float:
+        return 100.0 * float(correct[mask].mean()) if mask.any() else float("nan")
+
+    return {"all": share(np.ones_like(old)), "old": share(old), "new": share(~old)}
+
+
 def multilabel_average_precision(scores: Any, targets: Any) -> float:
     """Mean average precision (%) over the classes that have a positive in ``targets`` ((N, C) of 0/1)."""
     s = _tensor(scores, "scores").float()

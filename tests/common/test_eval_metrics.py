@@ -195,3 +195,40 @@ def test_detection_scores_by_hand() -> None:
     assert out["precision"] == pytest.approx(200 / 3) and out["recall"] == pytest.approx(200 / 3)
     assert out["f1"] == pytest.approx(200 / 3)
     assert detection_scores([0, 0], [1, 0]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def _gcd_v2_reference(y_true: np.ndarray, y_pred: np.ndarray, old: set[int]) -> tuple[float, float, float]:
+    """The GCD code's `split_cluster_acc_v2` (sgvaze/generalized-category-discovery), re-typed: a D x D count
+    matrix, one assignment, instance-weighted All / Old / New."""
+    from scipy.optimize import linear_sum_assignment
+
+    d = max(y_pred.max(), y_true.max()) + 1
+    w = np.zeros((d, d), dtype=int)
+    for p, t in zip(y_pred, y_true, strict=True):
+        w[p, t] += 1
+    rows, cols = linear_sum_assignment(w.max() - w)
+    ind_map = {j: i for i, j in zip(rows, cols, strict=True)}
+    total = sum(w[i, j] for i, j in zip(rows, cols, strict=True)) / y_pred.size
+    parts = []
+    for classes in (sorted(old), sorted(set(y_true) - old)):
+        parts.append(sum(w[ind_map[i], i] for i in classes) / sum(w[:, i].sum() for i in classes))
+    return 100 * total, 100 * parts[0], 100 * parts[1]
+
+
+def test_gcd_accuracy_by_hand_and_against_the_gcd_code() -> None:
+    from common.eval.metrics import gcd_accuracy
+
+    # old classes {0, 1}, new {2}; map 5->0, 7->1, 9->2: old 4 of 5 right, new 2 of 3.
+    targets = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    clusters = np.array([5, 5, 7, 7, 7, 9, 9, 5])
+    got = gcd_accuracy(clusters, targets, old_classes=[0, 1])
+    assert got == pytest.approx({"all": 75.0, "old": 80.0, "new": 100 * 2 / 3})
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        y_true = rng.integers(0, 8, 200)
+        y_pred = np.where(rng.random(200) < 0.6, (y_true + 3) % 8, rng.integers(0, 8, 200))
+        got = gcd_accuracy(y_pred, y_true, old_classes=range(5))
+        assert (got["all"], got["old"], got["new"]) == pytest.approx(
+            _gcd_v2_reference(y_true, y_pred, set(range(5)))
+        )
+    assert np.isnan(gcd_accuracy(np.array([0, 1]), np.array([0, 1]), old_classes=[0, 1])["new"])
