@@ -6,6 +6,7 @@ The paper's 206 patients are not released, so every scale uses generated 2D imag
   * one lesion per image: an ellipse with a lobulated boundary (radius modulated by low harmonics), random
     size, axis ratio and rotation, enhanced by a random contrast with smooth internal heterogeneity; a share
     of lesions enhance at the rim only (darker necrotic core), a typical pattern of breast cancer in DCE-MRI;
+    optionally (``margin_level`` < 1) a faint, infiltrative margin (enhancement rising from the boundary);
   * the whole image is blurred (partial-volume edges) and Rician-like noise is added (|x + noise|).
 The ground-truth mask is the lesion shape before blurring. Weak labels are its four extreme points, turned
 into an initial pseudo-mask: the official one (`papers.simple_seg.weak_labels.initial_pseudo_mask`) or the
@@ -61,6 +62,8 @@ class LesionSpec:
     rim_probability: float = 0.3  # share of rim-enhancing lesions (dark necrotic core)
     rim_core_fraction: float = 0.5  # core radius / lesion radius
     rim_core_drop: float = 0.6  # relative enhancement lost in the core
+    margin_level: float = 1.0  # relative enhancement at the boundary (< 1: faint, infiltrative margin)
+    margin_width: float = 0.5  # depth (share of the largest inner distance) where enhancement is full
     background_level: float = 0.3
     texture_std: float = 0.12
     texture_sigma: float = 3.0
@@ -123,6 +126,11 @@ def synthesize_lesion_image(
         dist = ndimage.distance_transform_edt(mask)
         core = dist > (1.0 - spec.rim_core_fraction) * dist.max()
         inner = inner * (1.0 - spec.rim_core_drop * ndimage.gaussian_filter(core.astype(float), 1.0))
+    if spec.margin_level < 1.0:  # faint, infiltrative margin: enhancement rises from the boundary inwards
+        depth = ndimage.distance_transform_edt(mask)
+        ramp = np.clip(depth / (spec.margin_width * depth.max() + 1e-12), 0.0, 1.0)
+        ramp = ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep
+        inner = inner * (spec.margin_level + (1.0 - spec.margin_level) * ramp)
     image = image + contrast * inner * mask
     image = ndimage.gaussian_filter(image, spec.blur_sigma)
     noise = spec.noise_std * rng.standard_normal((2, *shape))
@@ -186,6 +194,8 @@ class LesionSegmentationDataModule(L.LightningDataModule):
         lesion: `LesionSpec` fields.
         initial_mask: ``random_walker`` (the official procedure, `initial_pseudo_mask`) or ``extreme_polygon``
             (positives = the quadrilateral of the extreme points, `extreme_polygon_mask`).
+        polygon_scale: with ``extreme_polygon``, the quadrilateral shrunk by this factor towards its centre
+            (1: the whole quadrilateral).
         crop_margin, background_margin, rw_beta, rw_rounds, foreground_threshold, background_threshold: the
             random-walker procedure (official 20, 5, 130, 7, 0.8, 0.1).
     """
@@ -204,6 +214,7 @@ class LesionSegmentationDataModule(L.LightningDataModule):
         seed: int = 0,
         lesion: dict[str, Any] | None = None,
         initial_mask: str = "random_walker",
+        polygon_scale: float = 1.0,
         crop_margin: int = 20,
         background_margin: int = 5,
         rw_beta: float = 130.0,
@@ -237,6 +248,9 @@ class LesionSegmentationDataModule(L.LightningDataModule):
             num_workers,
         )
         self.initial_mask = initial_mask
+        if not 0.0 < float(polygon_scale) <= 1.0:
+            raise UserError(f"data.polygon_scale must be in (0, 1], got {polygon_scale}")
+        self.polygon_scale = float(polygon_scale)
         self.mask_params = {
             "crop_margin": int(crop_margin),
             "background_margin": int(background_margin),
@@ -262,7 +276,11 @@ class LesionSegmentationDataModule(L.LightningDataModule):
             "num_test": self.num_test,
             "lesion": asdict(self.spec),
             "initial_mask": self.initial_mask,
-            "mask": self.mask_params if self.initial_mask == "random_walker" else None,
+            "mask": (
+                self.mask_params
+                if self.initial_mask == "random_walker"
+                else {"polygon_scale": self.polygon_scale}
+            ),
         }
 
     @property
@@ -292,7 +310,7 @@ class LesionSegmentationDataModule(L.LightningDataModule):
             ]
         else:
             weak = [
-                extreme_polygon_mask(img.shape, pts)
+                extreme_polygon_mask(img.shape, pts, self.polygon_scale)
                 for img, pts in zip(raw_train, self.train_points, strict=True)
             ]
         self.train_weak = np.stack(weak)

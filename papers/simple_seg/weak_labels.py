@@ -204,12 +204,18 @@ def initial_pseudo_mask(
     return mask
 
 
-def extreme_polygon_mask(shape: tuple[int, int], points: ExtremePointBox) -> np.ndarray:
+def extreme_polygon_mask(shape: tuple[int, int], points: ExtremePointBox, scale: float = 1.0) -> np.ndarray:
     """The simplest initial mask from extreme points (not the official one): positives = the quadrilateral
-    spanned by the four extreme points (inside the object when it is convex), negatives outside the box, the
-    rest of the box ``UNKNOWN``. int8, as `initial_pseudo_mask`."""
+    spanned by the four extreme points (inside the object when it is convex), shrunk by ``scale`` towards
+    the mean of its corners (``scale < 1``: an inner core, a less complete mask), negatives outside the box,
+    the rest of the box ``UNKNOWN``. int8, as `initial_pseudo_mask`."""
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
-    corners = [points.top, points.right, points.bottom, points.left]  # clockwise in (row, col)
+    vertices = np.array([points.top, points.right, points.bottom, points.left], dtype=np.float64)
+    centre = vertices.mean(axis=0)
+    # Clockwise in (row, col); scaling about the centre keeps the order.
+    corners = [tuple(centre + scale * (v - centre)) for v in vertices]
     inside = np.ones(shape, dtype=bool)
     for (r0, c0), (r1, c1) in zip(corners, corners[1:] + corners[:1], strict=True):
         # Clockwise polygon in image coordinates: the interior lies on one side of every edge.

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from scipy import ndimage
 
 from common.data.weak_labels import UNKNOWN
 from common.run import execute
@@ -22,6 +23,7 @@ from papers.simple_seg import (
     random_walker_probability,
     similarity_propagation,
 )
+from papers.simple_seg.data import LesionSpec, synthesize_lesion_image
 from papers.simple_seg.pipeline import STAGES
 from papers.simple_seg.weak_labels import extreme_polygon_mask, geodesic_path
 from tests.conftest import compose, context_without_stages
@@ -92,6 +94,20 @@ def test_extreme_points_and_polygon_of_a_disc():
     assert (mask[~points.inside(disc.shape)] == 0).all()
     assert ((mask == 1) <= disc).all()  # the quadrilateral of a convex object lies inside it
     assert (mask == UNKNOWN).sum() > 0
+    # Shrunk towards its centre: a smaller core inside the whole quadrilateral, the box unchanged.
+    core = extreme_polygon_mask(disc.shape, points, scale=0.5)
+    assert ((core == 1) <= (mask == 1)).all() and 0 < (core == 1).sum() < (mask == 1).sum()
+    assert core[5, 5] == 1 and ((core == 0) == (mask == 0)).all()
+
+
+def test_faint_margin_keeps_the_lesion_and_dims_its_boundary():
+    spec = dict(num_distractors=0, noise_std=0.0, blur_sigma=0.01, heterogeneity=0.0, rim_probability=0.0)
+    plain = synthesize_lesion_image(np.random.default_rng(3), 32, LesionSpec(**spec))
+    faint = synthesize_lesion_image(np.random.default_rng(3), 32, LesionSpec(**spec, margin_level=0.2))
+    assert (plain[1] == faint[1]).all()  # same draws: same lesion mask
+    boundary = faint[1] & ~ndimage.binary_erosion(faint[1])
+    background = np.median(plain[0][~plain[1]])
+    assert (faint[0] - background)[boundary].mean() < 0.5 * (plain[0] - background)[boundary].mean()
 
 
 def test_random_walker_two_regions_and_geodesic_path():
