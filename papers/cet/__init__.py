@@ -3,7 +3,7 @@ CIKM 2022): naive ranker training vs the Coupled Estimation Technique, with nega
 growing strength."""
 
 from papers.cet.coupled import (
-    BilinearScorer,
+    MatchScorer,
     coupled_losses,
     inverse_selection_weight,
     pairwise_softmax_loss,
@@ -18,8 +18,8 @@ from papers.cet.simulation import (
 from papers.cet.text import CrossEncoder, MsMarcoTriplesDataModule, build_cross_encoder
 
 __all__ = [
-    "BilinearScorer",
     "CrossEncoder",
+    "MatchScorer",
     "CoupledEstimationTraining",
     "MsMarcoTriplesDataModule",
     "NaiveRankerTraining",

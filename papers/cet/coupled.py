@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BilinearScorer", "coupled_losses", "inverse_selection_weight", "pairwise_softmax_loss"]
+__all__ = ["MatchScorer", "coupled_losses", "inverse_selection_weight", "pairwise_softmax_loss"]
 
 
 def pairwise_softmax_loss(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
@@ -55,18 +55,22 @@ def coupled_losses(
     return relevance_loss, selection_loss
 
 
-class BilinearScorer(nn.Module):
-    """s(q, d) = q^T W d on feature vectors: a ranker whose capacity is a single interaction matrix (the
-    mini stand-in for a cross-encoder). W starts at zero: no preference before training."""
+class MatchScorer(nn.Module):
+    """s(q, d) = scale * sum_k w_k q_k d_k: one learned match weight per feature dimension (a diagonal
+    bilinear form on the concatenated views; the mini stand-in for a cross-encoder's linear head on its
+    interaction features). w starts at N(0, init_std^2), as the official linear head's BERT initialisation
+    (std 0.02); each model draws its own, so the relevance and selection models start apart, as in the
+    official code. `scale` sets the score scale the weights 1/(1 - sigmoid(s / T)) see (see the README)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, *, init_std: float = 0.02, scale: float = 1.0, generator=None) -> None:
         super().__init__()
-        self.interaction = nn.Parameter(torch.zeros(dim, dim))
+        self.scale = float(scale)
+        self.match = nn.Parameter(torch.randn(dim, generator=generator) * float(init_std))
 
     def forward(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
         """Scores of aligned (query, document) rows: (B, dim), (B, dim) -> (B,)."""
-        return ((queries @ self.interaction) * documents).sum(-1)
+        return self.scale * (queries * self.match * documents).sum(-1)
 
     def score_matrix(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
         """(Q, N) scores of every query against every document."""
-        return (queries @ self.interaction) @ documents.T
+        return self.scale * (queries * self.match) @ documents.T

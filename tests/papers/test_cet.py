@@ -17,14 +17,14 @@ from omegaconf import OmegaConf
 from common.errors import UserError
 from common.run import execute
 from papers.cet import (
-    BilinearScorer,
+    MatchScorer,
     coupled_losses,
     inverse_selection_weight,
     make_pooled_collection,
     pairwise_softmax_loss,
     training_triples,
 )
-from papers.cet.module import BilinearRankers
+from papers.cet.module import MatchRankers, linear_warmup_decay
 from papers.cet.pipeline import (
     CoupledEstimationTraining,
     NaiveRankerTraining,
@@ -87,15 +87,22 @@ def test_coupled_losses_values_and_gradients_match_the_formula():
     torch.testing.assert_close(grads[1], ref_grads[1])
 
 
-def test_bilinear_scorer_pairs_agree_with_the_score_matrix():
-    torch.manual_seed(0)
-    model = BilinearScorer(6)
+def test_match_scorer_pairs_agree_with_the_score_matrix_and_models_start_apart():
+    generator = torch.Generator().manual_seed(0)
+    model = MatchScorer(6, init_std=0.02, scale=3.0, generator=generator)
+    other = MatchScorer(6, init_std=0.02, scale=3.0, generator=generator)
+    assert not torch.equal(model.match, other.match) and model.match.abs().max() < 0.2
     with torch.no_grad():
-        model.interaction.copy_(torch.randn(6, 6))
+        model.match.copy_(torch.randn(6))
     q, d = torch.randn(3, 6), torch.randn(4, 6)
     matrix = model.score_matrix(q, d)
-    assert matrix[1, 2].item() == pytest.approx((q[1] @ model.interaction @ d[2]).item(), rel=1e-5)
+    assert matrix[1, 2].item() == pytest.approx(3.0 * (q[1] * model.match * d[2]).sum().item(), rel=1e-5)
     torch.testing.assert_close(model(q[[0, 2]], d[[3, 1]]), matrix[[0, 2], [3, 1]])
+
+
+def test_linear_warmup_decay_is_the_official_schedule():
+    factor = linear_warmup_decay(10, 110)
+    assert [factor(s) for s in (0, 5, 10, 60, 110, 200)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
 
 
 def test_pooled_collection_properties():
@@ -147,7 +154,7 @@ def _run(overrides: list[str], tmp_path: Path):
     return record
 
 
-MINI = ["data.source=random", "data.retriever=dense_strong", "method.steps=20", "method.eval_every=10"]
+MINI = ["data.source=random", "data.retriever=dense_strong", "method.epochs=2", "method.batch_pairs=8"]
 
 
 @pytest.mark.parametrize("method", ["cet_naive", "cet", "cet_oracle"])
@@ -155,12 +162,13 @@ def test_mini_methods_run_on_a_tiny_collection(method: str, tmp_path: Path):
     record = _run([f"method={method}", *MINI], tmp_path)
     metrics = record.metrics
     assert 0.0 <= metrics["test/ndcg@10"] <= 100.0
-    assert len(record.curves["test/ndcg@10"]) == 2  # every eval_every=10 of the 20 steps
+    assert len(record.curves["test/ndcg@10"]) == 2  # after each of the 2 passes over the pairs
     assert record.extra["stages_computed"] == ["ranker"]
     if method == "cet_oracle":
         assert metrics["train/false_negative_rate"] == 0.0
     if method == "cet":
         assert metrics["train/cet_weight_mean"] >= 1.0
+        assert metrics["train/cet_weight_p10_true_neg"] <= metrics["train/cet_weight_p90_true_neg"]
         # A second run reads the trained scorers back from the stage: same metrics and curve, bit for bit.
         again = _run([f"method={method}", *MINI, "runtime.force=true"], tmp_path)
         assert again.extra["stages_computed"] == [] and again.extra["stages_reused"] == ["ranker"]
@@ -170,23 +178,23 @@ def test_mini_methods_run_on_a_tiny_collection(method: str, tmp_path: Path):
 def test_mini_ranker_resumes_after_a_kill_as_if_uninterrupted(tmp_path: Path, monkeypatch):
     """A run killed after the first epoch of its `ranker` stage resumes it from the stage's checkpoint and
     ends with the metrics and the whole curve of an uninterrupted run."""
-    overrides = ["method=cet", *MINI, "method.steps=25"]  # epochs of 10, 10 and 5 steps
+    overrides = ["method=cet", *MINI, "method.epochs=3"]
     whole = _run(overrides, tmp_path / "whole")
-    end_of_epoch = BilinearRankers.on_train_epoch_end
+    end_of_epoch = MatchRankers.on_train_epoch_end
 
     def killed_in_epoch_1(self):
         end_of_epoch(self)
         if self.current_epoch == 1:
             raise RuntimeError("killed")
 
-    monkeypatch.setattr(BilinearRankers, "on_train_epoch_end", killed_in_epoch_1)
+    monkeypatch.setattr(MatchRankers, "on_train_epoch_end", killed_in_epoch_1)
     killed = _execute(overrides, tmp_path / "killed")
     assert not killed.complete and list((tmp_path / "killed" / "stages").glob("cet/ranker/*/checkpoints"))
-    monkeypatch.setattr(BilinearRankers, "on_train_epoch_end", end_of_epoch)
+    monkeypatch.setattr(MatchRankers, "on_train_epoch_end", end_of_epoch)
     resumed = _run(overrides, tmp_path / "killed")
     assert resumed.extra["stages_computed"] == ["ranker"]
     assert resumed.metrics == whole.metrics and resumed.curves == whole.curves
-    assert len(whole.curves["test/ndcg@10"]) == 2  # at steps 10 and 20
+    assert len(whole.curves["test/ndcg@10"]) == 3  # after each pass
 
 
 def test_ranker_stage_config_holds_what_decides_the_rankers():
@@ -210,7 +218,8 @@ def test_ranker_stage_config_holds_what_decides_the_rankers():
         ranker_config(("data.pool_depth", 20)),
         ranker_config(("seed", cfg.seed + 1)),
         ranker_config(debias_ratio=1.0),
-        ranker_config(steps=100),
+        ranker_config(epochs=7),
+        ranker_config(score_scale=2.0),
         ranker_config(method=NaiveRankerTraining),
         ranker_config(method=OracleRankerTraining),
     ):
