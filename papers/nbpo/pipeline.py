@@ -23,7 +23,11 @@ training; like the official held-out items they may be drawn as unvoted samples)
 * `test/observed/{f1,ndcg}@K`: hits are the held-out items the user would have voted (exposed and relevant),
   the analogue of the paper's protocol (held-out votes as the only positives);
 * NBPO only: `flip/*`, the learnt flip probabilities on voted and unvoted pairs and the correlation of each
-  item's mean flip probability with its true flip rate 1 - theta_i.
+  item's mean flip probability with its true flip rate 1 - theta_i; their mean absolute error against the true
+  rate (over training pairs, `flip/mae_true_flip_rate`, and over items, `flip/item_mae_true_flip_rate`); per
+  quartile of items by true flip rate the true and the learnt mean rate (`flip/true_rate_qK`,
+  `flip/learnt_rate_qK`); the mean |G| (`flip/mean_abs_logit`, 0 when P Q^T collapsed); and
+  `flip/zero_growth` (`zero_flip_growth`: below 1, G = 0 attracts the flip model).
 A training's (metrics, curves) are a further stage (`context.stages.training_metrics`, stored under
 `<output_root>/stages/nbpo/training/<key>/`) keyed by the run config without the cell, so table columns
 that only choose the reported metric (`protocol.report`, copied to `value`) share one training.
@@ -50,16 +54,19 @@ from papers.nbpo.model import FlipFactorization, preference_model
 from papers.nbpo.sampling import popularity_weights, sample_unvoted
 
 OBJECTIVES = ("bpr", "bpo", "nbpo")
-SAMPLERS = ("uniform", "popularity")
+SAMPLERS = ("uniform", "popularity", "oracle")
 
 __all__ = [
+    "FLIP_RATE_BINS",
     "OBJECTIVES",
     "SAMPLERS",
     "SampledMF",
     "SampledMFPipeline",
     "epoch_steps",
     "evaluate_scores",
+    "flip_diagnostics",
     "train_sampled_mf",
+    "zero_flip_growth",
 ]
 
 
@@ -79,22 +86,76 @@ def evaluate_scores(scores: torch.Tensor, feedback: Any, ks: list[int]) -> dict[
     return out
 
 
-def _flip_diagnostics(flip: FlipFactorization, feedback: Any) -> dict[str, float]:
-    phi = flip.probability_all().detach().cpu().numpy()
+FLIP_RATE_BINS = 4  # items split into quartiles of their true flip rate 1 - theta_i
+
+
+def zero_flip_growth(
+    preference: torch.Tensor,
+    voted: torch.Tensor,
+    batch_users: list[torch.Tensor],
+    samples: int,
+    lr: float,
+    flip_weight_decay: float,
+    iterations: int = 40,
+) -> float:
+    """How one epoch of SGD moves the flip factors near P = Q = 0 (phi = 1/2 everywhere), given preferences r:
+    the spectral radius of the epoch's product of linearised steps. Batch b's surrogate gradient at G = 0 is
+    dJ/dG = D_b (expected over the unvoted draws): voted (u, i): -samples * r_ui / 2; unvoted (u, j): r_uj / 2
+    times samples * n_u / (items - n_u) draws per epoch, rows weighted by the share of the user's votes in the
+    batch. To first order one step maps (P, Q) by [[(1 - lr lambda) I, lr D_b], [lr D_b^T, (1 - lr lambda) I]]
+    (lambda = flip_weight_decay, applied to the whole tables at every step as in the official code); the
+    radius is estimated by power iteration (geometric mean growth of the last half of `iterations` epochs).
+    Below 1, G = 0 attracts the flip model (it collapses to phi = 1/2); above 1, it grows away from it."""
+    r = preference.double()
+    voted = voted.to(torch.bool)
+    users, items = voted.shape
+    votes = voted.sum(1).double()
+    draws = samples * votes / (items - votes).clamp(min=1)
+    epoch = torch.where(voted, -samples * r / 2, draws[:, None] * r / 2)
+    shares = [torch.bincount(batch, minlength=users).double() / votes.clamp(min=1) for batch in batch_users]
+    keep = 1.0 - lr * flip_weight_decay
+    # Power iteration on the epoch map (matrix-free: two products with the (users, items) gradient per step).
+    generator = torch.Generator().manual_seed(0)
+    p = torch.randn(users, generator=generator, dtype=torch.float64)
+    q = torch.randn(items, generator=generator, dtype=torch.float64)
+    logs = []
+    for _ in range(iterations):
+        scale = float(torch.sqrt(p @ p + q @ q))
+        p, q = p / scale, q / scale
+        for share in shares:
+            p, q = keep * p + lr * share * (epoch @ q), keep * q + lr * (epoch.T @ (share * p))
+        logs.append(0.5 * float(torch.log(p @ p + q @ q)))
+    return float(np.exp(np.mean(logs[iterations // 2 :])))
+
+
+def flip_diagnostics(phi: np.ndarray, feedback: Any) -> dict[str, float]:
+    """The learnt flip probabilities phi (users, items) against the simulated ones: a liked item is left
+    unvoted with probability 1 - theta_i (exposure theta_i), the true phi of every pair of item i. Means by
+    pair type, the item-level correlation, the mean absolute error over the training pairs and over items
+    (item-mean phi), and per quartile of items by true flip rate the mean true rate and the mean learnt item
+    rate (phi averaged over all users)."""
     voted = feedback.clicks > 0
-    unvoted = ~voted & ~feedback.test_mask
-    true_flip = 1.0 - np.asarray(feedback.exposure)[0]
+    train = ~np.asarray(feedback.test_mask)
+    unvoted = ~voted & train
+    true_flip = 1.0 - np.asarray(feedback.exposure, dtype=float)[0]
     item_phi = phi.mean(0)
     corr = (
         float(np.corrcoef(item_phi, true_flip)[0, 1]) if item_phi.std() > 0 and true_flip.std() > 0 else 0.0
     )
-    return {
+    out = {
         "flip/voted_mean": float(phi[voted].mean()),
         "flip/unvoted_mean": float(phi[unvoted].mean()),
         "flip/unvoted_relevant_mean": float(phi[unvoted & (feedback.relevant > 0)].mean()),
         "flip/unvoted_irrelevant_mean": float(phi[unvoted & (feedback.relevant == 0)].mean()),
         "flip/item_corr_true_flip_rate": corr,
+        "flip/mae_true_flip_rate": float(np.abs(phi - true_flip[None, :])[train].mean()),
+        "flip/item_mae_true_flip_rate": float(np.abs(item_phi - true_flip).mean()),
     }
+    order = np.argsort(true_flip, kind="stable")
+    for k, items in enumerate(np.array_split(order, FLIP_RATE_BINS), start=1):
+        out[f"flip/true_rate_q{k}"] = float(true_flip[items].mean())
+        out[f"flip/learnt_rate_q{k}"] = float(item_phi[items].mean())
+    return out
 
 
 def _pair_logits(
@@ -174,6 +235,13 @@ class SampledMF(L.LightningModule):
             FlipFactorization(num_users, num_items, flip_dim, self.generator) if objective == "nbpo" else None
         )
         self.weights = popularity_weights(self.voted) if sampler == "popularity" else None
+        # The label oracle ("oracle"): uniform negatives that are never a liked training item (no flipped
+        # label among the sampled unvoted items); otherwise only the voted items are rejected.
+        self.rejected = (
+            self.voted | torch.as_tensor((feedback.relevant > 0) & ~np.asarray(feedback.test_mask))
+            if sampler == "oracle"
+            else self.voted
+        )
         self.curves: dict[str, list[float]] = {
             "train/loss": [],
             "test/ndcg@5": [],
@@ -182,6 +250,10 @@ class SampledMF(L.LightningModule):
         self.epoch_loss = torch.zeros(())  # summed over the epochs since the last evaluation
         self.window_start = 0
         self.order: torch.Tensor | None = None
+
+    def batch_users(self) -> list[torch.Tensor]:
+        """The users of each batch's voted pairs in the unshuffled order (for `zero_flip_growth`)."""
+        return list(torch.split(self.pair_users, self.batch_size))
 
     def batches(self) -> DataLoader:
         """The training data: `epoch_steps` of the voted pairs."""
@@ -214,7 +286,7 @@ class SampledMF(L.LightningModule):
             else self.order[start : start + self.batch_size]
         )
         users, items = self.pair_users[index], self.pair_items[index]
-        negatives = sample_unvoted(users, self.voted, self.samples, self.generator, self.weights)
+        negatives = sample_unvoted(users, self.rejected, self.samples, self.generator, self.weights)
         users, items, negatives = users.to(self.device), items.to(self.device), negatives.to(self.device)
         pos, neg = _pair_logits(self.model.users, self.model.items, users, items, negatives)
         if self.objective == "bpr":
@@ -263,7 +335,19 @@ class SampledMF(L.LightningModule):
             raise NonFiniteLossError("the MF scores diverged (lower lr or raise weight_decay)")
         metrics = evaluate_scores(scores, self.feedback, list(ks))
         if self.flip is not None:
-            metrics.update(_flip_diagnostics(self.flip, self.feedback))
+            with torch.no_grad():
+                logits = self.flip.users.weight @ self.flip.items.weight.T
+                phi = torch.sigmoid(logits).cpu().numpy()
+                metrics.update(flip_diagnostics(phi, self.feedback))
+                metrics["flip/mean_abs_logit"] = float(logits.abs().mean())
+                metrics["flip/zero_growth"] = zero_flip_growth(
+                    torch.sigmoid(scores),
+                    self.voted,
+                    self.batch_users(),
+                    self.samples,
+                    self.lr * self.lr_decay**self.epochs,  # the last epoch's learning rate
+                    self.flip_weight_decay,
+                )
         metrics["train/voted_pairs"] = float(len(self.pair_users))
         return metrics
 
@@ -395,6 +479,14 @@ class BPOPipeline(SampledMFPipeline):
     """Bayesian point-wise optimisation: sampled unvoted items as negatives (official `_BPO.py`)."""
 
     objective, sampler = "bpo", "uniform"
+
+
+@register_method("nbpo_bpo_oracle")
+class BPOOraclePipeline(SampledMFPipeline):
+    """BPO whose sampled unvoted items are never liked training items (the simulation's true labels): the
+    label oracle that shows how much the flipped labels cost BPO; not a method of the paper."""
+
+    objective, sampler = "bpo", "oracle"
 
 
 @register_method("nbpo")

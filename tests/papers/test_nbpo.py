@@ -16,16 +16,19 @@ from common.reproduce import run_overrides
 from common.results.paper_spec import load_paper
 from common.run import execute
 from papers.nbpo import (
+    FLIP_RATE_BINS,
     FlipFactorization,
     bpo_loss,
     bpr_loss,
     evaluate_scores,
+    flip_diagnostics,
     nbpo_negative_log_likelihood,
     nbpo_surrogate_loss,
     popularity_weights,
     preference_model,
     sample_unvoted,
     train_sampled_mf,
+    zero_flip_growth,
 )
 from tests.conftest import compose
 
@@ -366,3 +369,34 @@ def test_the_lightning_fit_matches_the_former_hand_written_loop():
             feedback, objective=objective, sampler=sampler, shuffle=shuffle, ks=(5,), **options
         )
         assert {k: metrics[k] for k in expected} == expected, objective
+
+
+def test_flip_diagnostics_against_the_simulated_flip_rates():
+    from common.data.feedback import make_implicit_feedback
+
+    feedback = make_implicit_feedback(30, 40, seed=2, rank=3, zipf_exponent=0.5, exposure_power=0.5)
+    true_flip = 1.0 - feedback.exposure[0]
+    exact = flip_diagnostics(np.tile(true_flip, (30, 1)), feedback)
+    assert exact["flip/mae_true_flip_rate"] == pytest.approx(0.0, abs=1e-12)
+    assert exact["flip/item_corr_true_flip_rate"] == pytest.approx(1.0)
+    rates = [exact[f"flip/true_rate_q{k}"] for k in range(1, FLIP_RATE_BINS + 1)]
+    assert rates == sorted(rates)
+    for k in range(1, FLIP_RATE_BINS + 1):
+        assert exact[f"flip/learnt_rate_q{k}"] == pytest.approx(exact[f"flip/true_rate_q{k}"])
+    collapsed = flip_diagnostics(np.full((30, 40), 0.5), feedback)
+    assert collapsed["flip/item_corr_true_flip_rate"] == 0.0
+    train = ~feedback.test_mask
+    expected = np.abs(0.5 - np.broadcast_to(true_flip, (30, 40)))[train].mean()
+    assert collapsed["flip/mae_true_flip_rate"] == pytest.approx(expected)
+
+
+def test_zero_flip_growth_is_the_decay_without_gradient_and_grows_without_decay():
+    voted = torch.zeros(6, 5, dtype=torch.bool)
+    voted[torch.arange(6), torch.arange(6) % 5] = True
+    batches = list(torch.split(voted.nonzero(as_tuple=True)[0], 2))
+    # r = 0: no flip gradient, only the per-step L2 shrinks P and Q: (1 - lr lambda)^steps
+    none = zero_flip_growth(torch.zeros(6, 5), voted, batches, samples=4, lr=0.1, flip_weight_decay=2.0)
+    assert none == pytest.approx(0.8**3)
+    strong_decay = zero_flip_growth(torch.full((6, 5), 0.5), voted, batches, 4, lr=0.1, flip_weight_decay=9.0)
+    no_decay = zero_flip_growth(torch.full((6, 5), 0.5), voted, batches, 4, lr=0.1, flip_weight_decay=0.0)
+    assert strong_decay < 1.0 < no_decay
