@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 from common.config import compose_run_configs
-from common.reproduce import run_overrides
 from common.registry import declared
+from common.reproduce import run_overrides
 from common.results.paper_spec import load_paper
 from common.run import execute
 from tests.conftest import REPO_ROOT, compose
@@ -42,7 +42,10 @@ def test_every_cell_composes_to_its_rows_registered_method_on_one_setting():
         assert cfg.method.name == name, (row, column)
         assert name in declared("method")
         spec = TABLE.columns[column]
-        assert (cfg.data.noise_type, cfg.data.noise_rate) == (spec["data.noise_type"], spec["data.noise_rate"])
+        assert (cfg.data.noise_type, cfg.data.noise_rate) == (
+            spec["data.noise_type"],
+            spec["data.noise_rate"],
+        )
         # One data set (the same digits split), backbone and schedule for every row.
         assert (cfg.data.source, cfg.data.split_seed, cfg.data.test_fraction) == ("digits", 0, 0.3)
         assert cfg.data.get("noise_include_true_class", False) is False  # a flip to another class
@@ -80,7 +83,12 @@ def test_unl_imports_no_paper():
 
 def test_a_tiny_cell_runs_through_the_harness(output_root: Path):
     overrides = run_overrides(PAPER, TABLE, "ELR", "sym-40%", 0, "mini")
-    tiny = ["trainer.max_epochs=3", "runtime.progress=false", "logger=none", f"runtime.output_root={output_root}"]
+    tiny = [
+        "trainer.max_epochs=3",
+        "runtime.progress=false",
+        "logger=none",
+        f"runtime.output_root={output_root}",
+    ]
     record = execute(compose([*overrides, *tiny]))
     assert record.complete, record.reason
     assert len(record.curves["val/acc"]) == 3
