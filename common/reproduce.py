@@ -318,6 +318,21 @@ def local_parallelism(memory_per_run_gb: float = 1.5) -> int:
     return max(1, min(cores, by_memory))
 
 
+def new_attempt_dir(output_root: Path, prefix: str) -> Path:
+    """A fresh `attempts/<prefix>-<time>` folder, created here: two reproduce processes started in the same
+    second (a table split over processes) get folders of their own, never one shared."""
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    (output_root / "attempts").mkdir(parents=True, exist_ok=True)
+    for suffix in ("", *(f"-{n}" for n in range(2, 1000))):
+        attempt = output_root / "attempts" / f"{prefix}-{stamp}{suffix}"
+        try:
+            attempt.mkdir()
+        except FileExistsError:
+            continue
+        return attempt
+    raise UserError(f"could not create a new attempt folder under {output_root / 'attempts'}; clear old ones")
+
+
 def training_key(cfg: DictConfig) -> str:
     """A short hash of what a run trains (`common.results.record.training_config`: its config without where it
     writes, which cell it fills and which metric it reports). Cells with one key are one training: columns
@@ -702,9 +717,8 @@ def reproduce(cfg: DictConfig) -> int:
     if cfg.launcher == "slurm" and to_run:
         to_run, in_flight = _submit_to_slurm(paper, cfg, to_run, output_root)
     if to_run:
-        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         # One folder per attempt: its log, its run list and Hydra's sweep folder.
-        attempt = output_root / "attempts" / f"{paper.key}-{cfg.scale}-{stamp}"
+        attempt = new_attempt_dir(output_root, f"{paper.key}-{cfg.scale}")
         log_path, sweep_dir = attempt / "reproduce.log", attempt / "sweep"
         # Locally runs go one after another, so the trainings simply come first; a parallel launcher gets them
         # as a wave of their own.
@@ -798,8 +812,7 @@ def _submit_to_slurm(
     busy_ids = {id(run) for run in busy}
     pending = [run for run in to_run if id(run) not in busy_ids]
     if pending:
-        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        attempt = output_root / "attempts" / f"{paper.key}-{cfg.scale}-{stamp}"
+        attempt = new_attempt_dir(output_root, f"{paper.key}-{cfg.scale}")
         job = slurm.submit(pending, attempt, [str(a) for a in cfg.hydra_args], f"pnu-{paper.key}-{cfg.scale}")
         console.print(
             f"submitted {len(pending)} runs as SLURM job array [bold]{job}[/bold] (job script and logs in "

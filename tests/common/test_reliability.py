@@ -334,3 +334,13 @@ def test_kill_9_during_a_sweep_loses_nothing_and_resumes_to_the_same_table(tmp_p
     assert reference.returncode == 0, reference.stdout + reference.stderr
     table = Path("outputs/tables/elr/mini/table1.csv")
     assert (killed / table).read_bytes() == (clean / table).read_bytes()
+
+
+def test_reproduce_processes_started_in_one_second_get_their_own_attempt_folders(tmp_path):
+    from common.reproduce import new_attempt_dir
+
+    first, second = new_attempt_dir(tmp_path, "toy-mini"), new_attempt_dir(tmp_path, "toy-mini")
+    assert first != second and first.is_dir() and second.is_dir()
+    stamp = first.name.removeprefix("toy-mini-")
+    (tmp_path / "attempts" / f"toy-mini-{stamp}-2").mkdir(exist_ok=True)  # taken: the next free counter
+    assert new_attempt_dir(tmp_path, "toy-mini").name != f"toy-mini-{stamp}-2"
