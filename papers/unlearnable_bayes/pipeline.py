@@ -41,7 +41,7 @@ from common.data.transforms import RandomTranslate, random_horizontal_flip
 from common.errors import UserError
 from common.lit import Pipeline, RunContext
 from common.registry import register_method
-from papers.unlearnable_bayes.bayes_error import kernel_bayes_error
+from papers.unlearnable_bayes.bayes_error import kernel_bayes_error, max_abs_normalise
 from papers.unlearnable_bayes.perturbations import ErrorMinimisingNoise, bayes_error_pga, random_noise
 
 log = logging.getLogger("pnu.unlearnable_bayes")
@@ -124,7 +124,13 @@ class ProtectionPipeline(Pipeline):
         metrics["protection/protected_fraction"] = num_protected / len(x)
         metrics["train_size"] = float(len(keep))
         metrics.update(self.estimate_bayes_error(settings, x, x_train, labels, keep, protected, seed))
-        metrics.update(self.train_victim(context, settings, x_train[keep].cpu(), labels[keep].cpu()))
+        victim_metrics, victim = self.train_victim(context, settings, x_train[keep].cpu(), labels[keep].cpu())
+        metrics.update(victim_metrics)
+        metrics.update(
+            self.estimate_feature_bayes_error(
+                context, settings, victim, x, x_train, labels, keep, protected, seed
+            )
+        )
         return metrics
 
     # ---- perturbations ---------------------------------------------------------------------------------
@@ -143,8 +149,9 @@ class ProtectionPipeline(Pipeline):
     # ---- the victim and the estimate, shared by every row --------------------------------------------
     def train_victim(
         self, context: RunContext, settings: DictConfig, x: torch.Tensor, labels: torch.Tensor
-    ) -> dict[str, float]:
-        """The victim's fit (stage `victim`), keyed by a digest of its training set `(x, labels)`."""
+    ) -> tuple[dict[str, float], L.LightningModule]:
+        """The victim's fit (stage `victim`), keyed by a digest of its training set `(x, labels)`: its final
+        metrics and the fitted module."""
         datamodule = context.datamodule
         torch.manual_seed(int(context.cfg.seed) * 1000 + 29)
         dataset = _dataset(datamodule, x, labels, augment=bool(settings.augment))
@@ -163,7 +170,46 @@ class ProtectionPipeline(Pipeline):
             val_dataloaders=datamodule.val_dataloader(),
         )
         context.curves.update({k: list(v) for k, v in module.curves.items() if v})
-        return module.final_metrics()
+        return module.final_metrics(), module
+
+    def estimate_feature_bayes_error(
+        self,
+        context: RunContext,
+        settings: DictConfig,
+        victim: L.LightningModule,
+        x: torch.Tensor,
+        x_train: torch.Tensor,
+        labels: torch.Tensor,
+        keep: torch.Tensor,
+        protected: torch.Tensor,
+        seed: int,
+    ) -> dict[str, float]:
+        """Kernel BE_hat (%) as the official code measures it: on the max-|.|-scaled penultimate features of a
+        network trained on the data, here the row's own victim (`protection.estimate.feature_sigma`). Of the
+        protected examples as the victim saw them (`be_hat/protected`), of the same examples clean through
+        the same victim (`be_hat/protected_clean`), and of its whole training set (`be_hat/train`); at most
+        `max_examples` examples each. Without `feature_sigma` the pixel-space estimate keeps these names."""
+        spec = settings.estimate
+        sigma = spec.get("feature_sigma")
+        if sigma is None:
+            return {}
+        features = _feature_map(victim, context.datamodule, x.device)
+        num_classes = int(labels.max()) + 1
+        limit = spec.get("max_examples")
+        rng = np.random.default_rng([seed, 37])
+        out: dict[str, float] = {}
+        sets = (("train", keep, x_train), ("protected", protected, x_train), ("protected_clean", protected, x))
+        for name, index, source in sets:
+            if len(index) < 2:
+                continue
+            if limit is not None and len(index) > int(limit):
+                chosen = rng.choice(len(index), int(limit), replace=False)
+                index = index[torch.from_numpy(chosen).to(x.device)]
+            with torch.no_grad():
+                embedded = torch.cat([features(part) for part in source[index].split(1024)])
+                value = kernel_bayes_error(max_abs_normalise(embedded), labels[index], num_classes, float(sigma))
+            out[f"be_hat/{name}"] = 100 * float(value)
+        return out
 
     def estimate_bayes_error(
         self,
@@ -179,6 +225,8 @@ class ProtectionPipeline(Pipeline):
         as perturbed (`be_hat/train`) and without perturbation (`be_hat/train_clean`), and of the protected
         part alone (`be_hat/protected`, `be_hat/protected_clean`); at most `max_examples` examples each."""
         spec = settings.estimate
+        # With a feature-space estimate (the claims' `be_hat/*`), the pixel-space one is `be_hat_pixels/*`.
+        prefix = "be_hat" if spec.get("feature_sigma") is None else "be_hat_pixels"
         num_classes = int(labels.max()) + 1
         sigma = float(spec.sigma)
         limit = spec.get("max_examples")
@@ -194,9 +242,9 @@ class ProtectionPipeline(Pipeline):
                     ]
                 for suffix, source in (("", x_train), ("_clean", x)):
                     value = kernel_bayes_error(source[index].flatten(1), labels[index], num_classes, sigma)
-                    out[f"be_hat/{name}{suffix}"] = 100 * float(value)
-        if "be_hat/train" in out:
-            out["be_hat/train_increase"] = out["be_hat/train"] - out["be_hat/train_clean"]
+                    out[f"{prefix}/{name}{suffix}"] = 100 * float(value)
+        if f"{prefix}/train" in out:
+            out[f"{prefix}/train_increase"] = out[f"{prefix}/train"] - out[f"{prefix}/train_clean"]
         return out
 
 
@@ -409,14 +457,21 @@ class BayesErrorProtection(ProtectionPipeline):
             trainer_overrides={"max_epochs": int(settings.beo.surrogate_epochs)},
             train_dataloaders=datamodule.loader(dataset, shuffle=True),
         )
-        backbone = module.backbone.to(x.device).eval()
-        backbone.requires_grad_(False)
-        normalise = Normalise(*_normalisation(datamodule))
+        return _feature_map(module, datamodule, x.device)
 
-        def features(inputs: torch.Tensor) -> torch.Tensor:
-            return backbone.forward_head(backbone.forward_features(normalise(inputs)), pre_logits=True)
 
-        return features
+def _feature_map(
+    module: L.LightningModule, datamodule: Any, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The frozen pre-logit features of a fitted module's backbone, on inputs in [0, 1] (normalised here)."""
+    backbone = module.backbone.to(device).eval()
+    backbone.requires_grad_(False)
+    normalise = Normalise(*_normalisation(datamodule))
+
+    def features(inputs: torch.Tensor) -> torch.Tensor:
+        return backbone.forward_head(backbone.forward_features(normalise(inputs)), pre_logits=True)
+
+    return features
 
 
 # ---- stages ------------------------------------------------------------------------------------------------
