@@ -137,10 +137,10 @@ def test_error_minimising_noise_makes_data_easy_within_budget():
     torch.manual_seed(0)
     x = torch.rand(64, 8)
     y = torch.randint(0, 4, (64,))  # random labels: hard to fit without the noise
-    noise = _error_minimising_noise(x, y, stop_error=0.01)
+    noise = _error_minimising_noise(x, y, stop_error=0.25)
     _fit_rounds(noise, 30)
     assert (noise.perturbed - x).abs().max() <= 0.3 + 1e-6
-    assert noise.curves["train_error"][-1] < 0.3 and noise.rounds < 30  # stopped once the error was low
+    assert noise.curves["train_error"][-1] < 0.25 and noise.rounds < 30  # stopped once the error was low
 
 
 def test_error_minimising_noise_resumes_as_if_uninterrupted(tmp_path: Path):
