@@ -1,6 +1,6 @@
 """Development check of the mini setting (not part of the harness; run by hand): stage 1 (CE + L_con on the
 weak masks) and the fully supervised ceiling for one variant of the proxy on development seeds, e.g.
-``python papers/simple_seg/dev/headroom_dev.py D '["data.polygon_scale=0.6"]' 0``. Its logs lie beside it."""
+``python results/simple_seg/dev/headroom_dev.py D '["data.polygon_scale=0.6"]' 0``. Its logs lie beside it."""
 
 import json
 import os
