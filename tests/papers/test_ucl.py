@@ -1,6 +1,6 @@
-"""ucl through the harness: a tiny run of every row completes, both columns pretrain the same encoder, the mini
-runs on the generated shapes with SimCLR's colour augmentations, and the paper-scale config carries the official
-DCL/HCL settings."""
+"""ucl through the harness: a tiny run of every row completes, both columns pretrain the same encoder, the
+mini runs on the generated shapes with SimCLR's colour augmentations, and the paper-scale config carries the
+official DCL/HCL settings."""
 
 from __future__ import annotations
 

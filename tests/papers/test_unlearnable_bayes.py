@@ -160,7 +160,13 @@ TINY = ["data.source_kwargs.num_samples=200", "model.widths=[4,8,8]", "data.batc
 
 def _run(overrides: list[str], output_root: Path, tiny: bool = True):
     cfg = compose(
-        [*overrides, *(TINY if tiny else []), "runtime.progress=false", "logger=none", f"runtime.output_root={output_root}"]
+        [
+            *overrides,
+            *(TINY if tiny else []),
+            "runtime.progress=false",
+            "logger=none",
+            f"runtime.output_root={output_root}",
+        ]
     )
     record = execute(cfg)
     assert record.complete, record.reason
